@@ -1,0 +1,68 @@
+"""Shared fixtures: the entry script imported as a module, and tiny synthetic data."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess  # nosec B404 - tests run the project's own script
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "secure_ai_mnist_main.py"
+
+
+def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the entry script with ``args`` in the project root; capture text output."""
+    return subprocess.run(  # nosec B603 - this interpreter, our script, test-chosen arguments
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
+
+
+def _load_main():
+    spec = importlib.util.spec_from_file_location("secure_ai_mnist_main", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["secure_ai_mnist_main"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def sam():
+    return _load_main()
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(sam):
+    """The real CNN architecture, briefly trained on separable synthetic 'digits'."""
+    sam.configure_tensorflow(threads=0)
+    sam.seed_everything(0)
+    x, y = synthetic_digits(np.random.default_rng(1), 400)
+    cfg = sam.Config(epochs=3, batch_size=32)
+    model, _ = sam.train_cnn(x, y, cfg, "tiny")
+    return model
+
+
+def synthetic_digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """float32 (n, 28, 28, 1) in [0, 1]: class k is a bright horizontal bar at row 2 + 2k, plus noise."""
+    y = rng.integers(0, 10, size=n)
+    x = rng.uniform(0.0, 0.2, size=(n, 28, 28, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        x[i, 2 + 2 * label : 4 + 2 * label, 4:24, 0] = 0.9
+    return x, y.astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory):
+    """One real `--quick` run of the script (real MNIST subset), shared by the tests that read it."""
+    out = tmp_path_factory.mktemp("quick") / "outputs"
+    proc = run_script("--quick", "--output-dir", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr}

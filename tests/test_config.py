@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import dataclasses
+import pytest
+
+from conftest import run_script
+
+
+def test_every_config_field_has_a_flag(sam):
+    parser = sam.build_arg_parser()
+    flags = {a.dest for a in parser._actions}
+    assert {f.name for f in dataclasses.fields(sam.Config)} <= flags
+
+
+def test_quick_defaults_and_explicit_flags_win(sam):
+    cfg = sam.parse_config(["--quick", "--epochs", "2"])
+    assert (cfg.train_limit, cfg.test_limit, cfg.epochs) == (2000, 500, 2)
+    assert sam.parse_config([]).train_limit == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"epochs": 0}, {"fgsm_eps": 0.0}, {"fgsm_eps": 1.5}, {"target_class": 10}, {"trigger_size": 0},
+     {"trigger_size": 20, "trigger_margin": 10}, {"poison_count": -1}, {"train_limit": 50, "poison_count": 100}],
+)
+def test_invalid_values_rejected_before_work(sam, kwargs):
+    with pytest.raises(sam.ConfigError):
+        sam.Config(**kwargs)
+
+
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--fgsm-eps", "abc"], ["--no-such-flag"]])
+def test_cli_bad_flag_is_one_line_exit_2(args, tmp_path):
+    proc = run_script(*args, "--output-dir", str(tmp_path))
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not any(tmp_path.iterdir()), "no output may be written for invalid flags"
+
+
+def test_help_explains_every_flag():
+    proc = run_script("--help")
+    assert proc.returncode == 0
+    for flag in ("--output-dir", "--data-dir", "--quick", "--poison-count", "--fgsm-eps", "--seed"):
+        assert flag in proc.stdout

@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def test_quick_run_writes_complete_consistent_outputs(sam, quick_run):
+    out = quick_run["out"]
+    summary = json.loads(quick_run["json"].read_text())
+    sam.validate_summary(summary)
+    assert summary["data"]["n_train"] == 2000 and summary["data"]["n_test"] == 500
+    assert summary["data"]["n_train_available"] == 60000 and summary["data"]["n_test_available"] == 10000
+    assert set(summary["data"]["sha256"].values()) <= set(sam.MNIST_RAW_SHA256.values()) | {sam.MNIST_NPZ_SHA256}
+
+    for name, path in summary["images"].items():
+        data = (out / "images" / (path.rsplit("/", 1)[-1])).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+    for name in ("baseline", "poisoned", "defense_fgsm"):
+        model_file = summary["models"][name]["model_file"]
+        assert sam.sha256_file(sam.Path(model_file["path"])) == model_file["sha256"]
+    assert (out / "models" / "cnn_mnist_defense_fgsm.keras").is_file()
+    leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
+    assert not leftovers, leftovers
+
+    eps = summary["config"]["fgsm_eps"]
+    for key in ("train_vs_baseline", "test_vs_baseline", "test_vs_defense_whitebox"):
+        check = summary["fgsm"][key]["bound_check"]
+        assert check["max_linf"] <= eps + 1e-6 and 0 <= check["min_pixel"] and check["max_pixel"] <= 1
+    assert summary["fgsm"]["train_vs_baseline"]["n"] == 2000
+
+    asr = summary["backdoor"]["attack_success_rate"]
+    assert 0.0 <= asr["baseline"] <= 1.0 and 0.0 <= asr["poisoned"] <= 1.0
+    base = summary["models"]["baseline"]["eval"]
+    # A trained model must beat chance on clean data and lose accuracy under FGSM.
+    assert base["clean"]["accuracy"] > 0.5
+    assert base["fgsm"]["accuracy"] < base["clean"]["accuracy"]
+    matrix = np.array(base["clean"]["confusion_matrix"])
+    assert np.trace(matrix) / matrix.sum() == base["clean"]["accuracy"]
+    assert summary["timings_s"]["total"] > 0
+    assert "| baseline |" in summary["results_table"]
+
+
+def test_quick_run_logs_progress_with_timestamps(quick_run):
+    lines = [line for line in quick_run["stderr"].splitlines() if "==" in line]
+    assert any("train baseline done" in line for line in lines)
+    assert all(line[:4].isdigit() for line in lines), "log lines carry timestamps"
+    assert "Traceback" not in quick_run["stderr"]
