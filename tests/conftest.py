@@ -1,14 +1,15 @@
-"""Shared fixtures: the entry script imported as a module, and tiny synthetic data."""
+"""Shared fixtures: a runner for the entry script, tiny synthetic data, one real quick run."""
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess  # nosec B404 - tests run the project's own script
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from secure_ai_mnist import config, model
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "secure_ai_mnist_main.py"
@@ -21,33 +22,20 @@ def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     )
 
 
-def _load_main():
-    spec = importlib.util.spec_from_file_location("secure_ai_mnist_main", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["secure_ai_mnist_main"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="session")
-def sam():
-    return _load_main()
-
-
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
 
 
 @pytest.fixture(scope="session")
-def tiny_model(sam):
+def tiny_model():
     """The real CNN architecture, briefly trained on separable synthetic 'digits'."""
-    sam.configure_tensorflow(threads=0)
-    sam.seed_everything(0)
+    model.configure_tensorflow(threads=0)
+    model.seed_everything(0)
     x, y = synthetic_digits(np.random.default_rng(1), 400)
-    cfg = sam.Config(epochs=3, batch_size=32)
-    model, _ = sam.train_cnn(x, y, cfg, "tiny")
-    return model
+    cfg = config.Config(epochs=3, batch_size=32)
+    trained, _ = model.train_cnn(x, y, cfg, "tiny")
+    return trained
 
 
 def synthetic_digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -2,28 +2,29 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_digits
 
+from secure_ai_mnist import attacks, common, config, evaluation, model
 
-def test_tiny_model_learns_the_synthetic_task(sam, tiny_model):
+
+def test_tiny_model_learns_the_synthetic_task(tiny_model):
     x, y = synthetic_digits(np.random.default_rng(2), 200)
-    probabilities, _ = sam.predict_probabilities(tiny_model, x, 64)
+    probabilities, _ = model.predict_probabilities(tiny_model, x, 64)
     assert np.mean(probabilities.argmax(1) == y) > 0.9
 
 
 @pytest.mark.parametrize("eps", [0.05, 0.3])
-def test_fgsm_respects_eps_and_range_and_hurts(sam, tiny_model, eps):
+def test_fgsm_respects_eps_and_range_and_hurts(tiny_model, eps):
     x, y = synthetic_digits(np.random.default_rng(3), 200)
-    cfg = sam.Config(fgsm_eps=eps, attack_batch_size=64)
-    x_adv, info = sam.generate_fgsm(tiny_model, x, y, cfg, "test", chunk=128)
+    cfg = config.Config(fgsm_eps=eps, attack_batch_size=64)
+    x_adv, info = attacks.generate_fgsm(tiny_model, x, y, cfg, "test", chunk=128)
     assert x_adv.shape == x.shape and x_adv.dtype == np.float32
     assert np.max(np.abs(x_adv - x)) <= eps + 1e-6
     assert x_adv.min() >= 0.0 and x_adv.max() <= 1.0
     assert info["n"] == 200 and info["bound_check"]["max_linf"] <= eps + 1e-6
     # FGSM ascends the loss: the mean cross-entropy must rise at any eps.
-    clean_loss = sam.cross_entropy(sam.predict_probabilities(tiny_model, x, 64)[0], y)
-    adv_loss = sam.cross_entropy(sam.predict_probabilities(tiny_model, x_adv, 64)[0], y)
+    clean_loss = evaluation.cross_entropy(model.predict_probabilities(tiny_model, x, 64)[0], y)
+    adv_loss = evaluation.cross_entropy(model.predict_probabilities(tiny_model, x_adv, 64)[0], y)
     assert adv_loss > clean_loss
     if eps == 0.3:
         # FGSM moves (almost) every pixel by the full budget unless clipped at 0 or 1.
@@ -32,20 +33,20 @@ def test_fgsm_respects_eps_and_range_and_hurts(sam, tiny_model, eps):
         assert np.mean(full_step | clipped) > 0.9
 
 
-def test_bound_check_flags_violations(sam):
+def test_bound_check_flags_violations():
     x = np.full((2, 28, 28, 1), 0.5, np.float32)
-    with pytest.raises(sam.AttackBoundError, match="exceeds eps"):
-        sam.check_linf_bound(x + 0.31, x, 0.3)
-    with pytest.raises(sam.AttackBoundError, match=r"\[0, 1\]"):
-        sam.check_linf_bound(np.full_like(x, 1.1), np.full_like(x, 0.9), 0.3)
-    assert sam.check_linf_bound(x + 0.3, x, 0.3)["max_linf"] == pytest.approx(0.3)
+    with pytest.raises(common.AttackBoundError, match="exceeds eps"):
+        attacks.check_linf_bound(x + 0.31, x, 0.3)
+    with pytest.raises(common.AttackBoundError, match=r"\[0, 1\]"):
+        attacks.check_linf_bound(np.full_like(x, 1.1), np.full_like(x, 0.9), 0.3)
+    assert attacks.check_linf_bound(x + 0.3, x, 0.3)["max_linf"] == pytest.approx(0.3)
 
 
-def test_cross_entropy_matches_keras(sam, rng):
+def test_cross_entropy_matches_keras(rng):
     import keras
 
     logits = rng.normal(size=(50, 10)).astype(np.float32)
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     y = rng.integers(0, 10, size=50)
     expected = float(keras.losses.categorical_crossentropy(keras.utils.to_categorical(y, 10), probs).numpy().mean())
-    assert sam.cross_entropy(probs, y) == pytest.approx(expected, rel=1e-5)
+    assert evaluation.cross_entropy(probs, y) == pytest.approx(expected, rel=1e-5)

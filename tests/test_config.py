@@ -1,21 +1,23 @@
 from __future__ import annotations
 
 import dataclasses
-import pytest
 
+import pytest
 from conftest import run_script
 
+from secure_ai_mnist import common, config
 
-def test_every_config_field_has_a_flag(sam):
-    parser = sam.build_arg_parser()
+
+def test_every_config_field_has_a_flag():
+    parser = config.build_arg_parser()
     flags = {a.dest for a in parser._actions}
-    assert {f.name for f in dataclasses.fields(sam.Config)} <= flags
+    assert {f.name for f in dataclasses.fields(config.Config)} <= flags
 
 
-def test_quick_defaults_and_explicit_flags_win(sam):
-    cfg = sam.parse_config(["--quick", "--epochs", "2"])
+def test_quick_defaults_and_explicit_flags_win():
+    cfg = config.parse_config(["--quick", "--epochs", "2"])
     assert (cfg.train_limit, cfg.test_limit, cfg.epochs) == (2000, 500, 2)
-    assert sam.parse_config([]).train_limit == 0
+    assert config.parse_config([]).train_limit == 0
 
 
 @pytest.mark.parametrize(
@@ -23,9 +25,9 @@ def test_quick_defaults_and_explicit_flags_win(sam):
     [{"epochs": 0}, {"fgsm_eps": 0.0}, {"fgsm_eps": 1.5}, {"target_class": 10}, {"trigger_size": 0},
      {"trigger_size": 20, "trigger_margin": 10}, {"poison_count": -1}, {"train_limit": 50, "poison_count": 100}],
 )
-def test_invalid_values_rejected_before_work(sam, kwargs):
-    with pytest.raises(sam.ConfigError):
-        sam.Config(**kwargs)
+def test_invalid_values_rejected_before_work(kwargs):
+    with pytest.raises(common.ConfigError):
+        config.Config(**kwargs)
 
 
 @pytest.mark.parametrize("args", [["--epochs", "0"], ["--fgsm-eps", "abc"], ["--no-such-flag"]])

@@ -4,8 +4,9 @@ import gzip
 
 import numpy as np
 import pytest
-
 from conftest import run_script
+
+from secure_ai_mnist import common, data
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -13,44 +14,44 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return header + array.astype(np.uint8).tobytes()
 
 
-def test_parse_idx_roundtrip(sam, rng):
+def test_parse_idx_roundtrip(rng):
     images = rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8)
-    np.testing.assert_array_equal(sam.parse_idx(idx_bytes(images), "x"), images)
+    np.testing.assert_array_equal(data.parse_idx(idx_bytes(images), "x"), images)
 
 
-def test_parse_idx_rejects_truncated_payload(sam, rng):
-    data = idx_bytes(rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8))
-    with pytest.raises(sam.DataError, match="payload"):
-        sam.parse_idx(data[:-10], "x")
+def test_parse_idx_rejects_truncated_payload(rng):
+    raw = idx_bytes(rng.integers(0, 256, size=(5, 28, 28), dtype=np.uint8))
+    with pytest.raises(common.DataError, match="payload"):
+        data.parse_idx(raw[:-10], "x")
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_corrupted_file_is_rejected_by_hash(sam, tmp_path, gz):
+def test_corrupted_file_is_rejected_by_hash(tmp_path, gz):
     fake = idx_bytes(np.zeros((3, 28, 28), dtype=np.uint8))
-    for name in sam.MNIST_RAW_SHA256:
+    for name in data.MNIST_RAW_SHA256:
         path = tmp_path / (name + (".gz" if gz else ""))
         path.write_bytes(gzip.compress(fake) if gz else fake)
-    with pytest.raises(sam.DataError, match="SHA-256 mismatch"):
-        sam.load_from_dir(tmp_path)
+    with pytest.raises(common.DataError, match="SHA-256 mismatch"):
+        data.load_from_dir(tmp_path)
 
 
-def test_partial_idx_set_is_an_error_not_a_fallthrough(sam, tmp_path):
+def test_partial_idx_set_is_an_error_not_a_fallthrough(tmp_path):
     (tmp_path / "train-images-idx3-ubyte").write_bytes(b"\x00" * 16)
-    with pytest.raises(sam.DataError, match="missing MNIST file"):
-        sam.load_from_dir(tmp_path)
+    with pytest.raises(common.DataError, match="missing MNIST file"):
+        data.load_from_dir(tmp_path)
 
 
-def test_bad_gzip_is_a_data_error(sam, tmp_path):
-    for name in sam.MNIST_RAW_SHA256:
+def test_bad_gzip_is_a_data_error(tmp_path):
+    for name in data.MNIST_RAW_SHA256:
         (tmp_path / f"{name}.gz").write_bytes(b"not gzip at all")
-    with pytest.raises(sam.DataError, match="cannot be read"):
-        sam.load_from_dir(tmp_path)
+    with pytest.raises(common.DataError, match="cannot be read"):
+        data.load_from_dir(tmp_path)
 
 
-def test_npz_with_wrong_hash_is_rejected(sam, tmp_path):
+def test_npz_with_wrong_hash_is_rejected(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 28, 28), np.uint8))
-    with pytest.raises(sam.DataError, match="mnist.npz"):
-        sam.load_from_dir(tmp_path)
+    with pytest.raises(common.DataError, match="mnist.npz"):
+        data.load_from_dir(tmp_path)
 
 
 def test_offline_without_data_fails_cleanly(tmp_path):
@@ -64,26 +65,26 @@ def test_offline_without_data_fails_cleanly(tmp_path):
 
 
 def test_corrupt_data_dir_via_cli_names_the_file(tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
+    data_dir = tmp_path / "data_dir"
+    data_dir.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
-        (data / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
-    proc = run_script("--data-dir", str(data), "--output-dir", str(tmp_path / "out"))
+        (data_dir / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
+    proc = run_script("--data_dir-dir", str(data_dir), "--output-dir", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
-    assert len(errors) == 1 and "SHA-256 mismatch" in errors[0] and str(data) in errors[0]
+    assert len(errors) == 1 and "SHA-256 mismatch" in errors[0] and str(data_dir) in errors[0]
 
 
-def test_subset_sampling_is_without_replacement(sam, rng):
-    idx = sam.sample_subset(1000, 300, rng)
+def test_subset_sampling_is_without_replacement(rng):
+    idx = data.sample_subset(1000, 300, rng)
     assert len(idx) == 300 == len(np.unique(idx))
     assert idx.min() >= 0 and idx.max() < 1000
-    np.testing.assert_array_equal(sam.sample_subset(10, 0, rng), np.arange(10))
+    np.testing.assert_array_equal(data.sample_subset(10, 0, rng), np.arange(10))
 
 
-def test_to_model_input_shape_and_range(sam):
-    x = sam.to_model_input(np.array([[[0, 255] * 14] * 28], dtype=np.uint8))
+def test_to_model_input_shape_and_range():
+    x = data.to_model_input(np.array([[[0, 255] * 14] * 28], dtype=np.uint8))
     assert x.shape == (1, 28, 28, 1) and x.dtype == np.float32
     assert x.min() == 0.0 and x.max() == 1.0

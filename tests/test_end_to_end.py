@@ -1,26 +1,29 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
+
+from secure_ai_mnist import common, data, report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def test_quick_run_writes_complete_consistent_outputs(sam, quick_run):
+def test_quick_run_writes_complete_consistent_outputs(quick_run):
     out = quick_run["out"]
     summary = json.loads(quick_run["json"].read_text())
-    sam.validate_summary(summary)
+    report.validate_summary(summary)
     assert summary["data"]["n_train"] == 2000 and summary["data"]["n_test"] == 500
     assert summary["data"]["n_train_available"] == 60000 and summary["data"]["n_test_available"] == 10000
-    assert set(summary["data"]["sha256"].values()) <= set(sam.MNIST_RAW_SHA256.values()) | {sam.MNIST_NPZ_SHA256}
+    assert set(summary["data"]["sha256"].values()) <= set(data.MNIST_RAW_SHA256.values()) | {data.MNIST_NPZ_SHA256}
 
     for name, path in summary["images"].items():
-        data = (out / "images" / (path.rsplit("/", 1)[-1])).read_bytes()
-        assert data.startswith(PNG_MAGIC), name
+        png = (out / "images" / (path.rsplit("/", 1)[-1])).read_bytes()
+        assert png.startswith(PNG_MAGIC), name
     for name in ("baseline", "poisoned", "defense_fgsm"):
         model_file = summary["models"][name]["model_file"]
-        assert sam.sha256_file(sam.Path(model_file["path"])) == model_file["sha256"]
+        assert common.sha256_file(Path(model_file["path"])) == model_file["sha256"]
     assert (out / "models" / "cnn_mnist_defense_fgsm.keras").is_file()
     leftovers = [p for p in out.rglob("*") if ".tmp" in p.name]
     assert not leftovers, leftovers

@@ -4,38 +4,40 @@ import json
 
 import pytest
 
+from secure_ai_mnist import common, report
 
-def test_atomic_write_keeps_old_file_when_writer_fails(sam, tmp_path):
+
+def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
     target = tmp_path / "summary.json"
     target.write_text("old")
     with pytest.raises(RuntimeError):
-        with sam._atomic_path(target) as tmp:
+        with common.atomic_path(target) as tmp:
             tmp.write_text("half")
             raise RuntimeError("crash mid-write")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"], "temp file must be cleaned up"
 
 
-def test_write_summary_refuses_invalid_summary(sam, tmp_path):
-    target = tmp_path / sam.SUMMARY_FILENAME
+def test_write_summary_refuses_invalid_summary(tmp_path):
+    target = tmp_path / report.SUMMARY_FILENAME
     with pytest.raises(ValueError, match="schema_version"):
-        sam.write_summary({"schema_version": "x"}, target)
+        report.write_summary({"schema_version": "x"}, target)
     assert not target.exists()
 
 
-def test_unwritable_output_dir_is_user_error(sam, tmp_path):
+def test_unwritable_output_dir_is_user_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(sam.UserError, match="--output-dir"):
-        sam.prepare_output_dir(blocker / "out")
+    with pytest.raises(common.UserError, match="--output-dir"):
+        common.prepare_output_dir(blocker / "out")
 
 
-def test_validate_summary_catches_inconsistent_confusion_matrix(sam, quick_run):
+def test_validate_summary_catches_inconsistent_confusion_matrix(quick_run):
     summary = json.loads(quick_run["json"].read_text())
-    sam.validate_summary(summary)
+    report.validate_summary(summary)
     summary["models"]["poisoned"]["eval"]["clean"]["n"] += 1
     with pytest.raises(ValueError, match="confusion matrix"):
-        sam.validate_summary(summary)
+        report.validate_summary(summary)
     del summary["models"]["defense_fgsm"]["eval"]["fgsm_whitebox"]
     with pytest.raises(ValueError):
-        sam.validate_summary(summary)
+        report.validate_summary(summary)

@@ -1,0 +1,102 @@
+"""Shared plumbing: errors, logging, stage timing, hashing and atomic file writes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOG = logging.getLogger("secure_ai_mnist")
+
+
+NUM_CLASSES = 10
+
+
+IMAGE_SHAPE = (28, 28, 1)
+
+
+class UserError(Exception):
+    """A problem the user can fix; reported as one line, exit code 2."""
+
+
+class ConfigError(UserError):
+    """An invalid command-line value."""
+
+
+class DataError(UserError):
+    """Missing, corrupt or unverifiable MNIST data."""
+
+
+class AttackBoundError(RuntimeError):
+    """An adversarial example left the epsilon ball or the [0, 1] pixel range."""
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level),
+        format="%(asctime)s %(levelname)-7s %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float]) -> Iterator[None]:
+    """Log a pipeline stage and record its wall time in ``timings[name]`` (seconds)."""
+    LOG.info("== %s ...", name)
+    start = time.perf_counter()
+    yield
+    timings[name] = round(time.perf_counter() - start, 3)
+    LOG.info("== %s done in %.1f s", name, timings[name])
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling path; rename it over ``path`` only if the block succeeds."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def prepare_output_dir(output_dir: Path) -> dict[str, Path]:
+    """Create output_dir/{images,models} and prove it is writable before any work starts."""
+    dirs = {"root": output_dir, "images": output_dir / "images", "models": output_dir / "models"}
+    try:
+        for d in dirs.values():
+            d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test."):
+            pass
+    except OSError as exc:
+        raise UserError(f"output directory {output_dir} is not writable ({exc.strerror}); choose another with --output-dir") from exc
+    return dirs

@@ -1,0 +1,116 @@
+"""The run configuration: one frozen dataclass, and the command-line flags built from it."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .common import NUM_CLASSES, ConfigError
+
+DESCRIPTION = "secure-ai-mnist: train, attack and defend an MNIST CNN in one reproducible run."
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "secure-ai-mnist"
+
+
+def _opt(default: Any, help_text: str, **meta: Any) -> Any:
+    return field(default=default, metadata={"help": help_text, **meta})
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of a run; each field is one command-line flag (``--field-name``)."""
+
+    output_dir: Path = _opt(Path("secure_ai_outputs"), "directory for images/, models/ and the metrics JSON")
+    data_dir: Path | None = _opt(
+        None, "directory with MNIST as raw or .gz IDX files, or a Keras-format mnist.npz (checked first)", type=Path
+    )
+    cache_dir: Path = _opt(default_cache_dir(), "where verified MNIST files are cached between runs")
+    offline: bool = _opt(False, "never download MNIST; fail unless --data-dir or the cache has it")
+    seed: int = _opt(42, "seed for every random choice (sampling, shuffling, weight init)")
+    quick: bool = _opt(
+        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch) unless those flags are given"
+    )
+    train_limit: int = _opt(0, "use this many training images, sampled without replacement (0 = all 60,000)")
+    test_limit: int = _opt(0, "use this many test images, sampled without replacement (0 = all 10,000)")
+    epochs: int = _opt(3, "training epochs for every model")
+    batch_size: int = _opt(128, "training batch size")
+    learning_rate: float = _opt(1e-3, "Adam learning rate")
+    poison_count: int = _opt(100, "number of training images that get the trigger and the target label")
+    target_class: int = _opt(7, "label the backdoor maps triggered images to")
+    trigger_size: int = _opt(3, "side of the white square trigger, in pixels")
+    trigger_margin: int = _opt(1, "gap between the trigger and the bottom-right image border, in pixels")
+    fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
+    attack_batch_size: int = _opt(512, "batch size for crafting adversarial examples and for inference")
+    threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
+    log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs >= 1, "--epochs must be >= 1"),
+            (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.learning_rate > 0, "--learning-rate must be > 0"),
+            (self.train_limit >= 0, "--train-limit must be >= 0 (0 = all)"),
+            (self.test_limit >= 0, "--test-limit must be >= 0 (0 = all)"),
+            (self.poison_count >= 0, "--poison-count must be >= 0"),
+            (0 <= self.target_class < NUM_CLASSES, "--target-class must be a digit 0-9"),
+            (1 <= self.trigger_size <= 14, "--trigger-size must be between 1 and 14 pixels"),
+            (self.trigger_margin >= 0, "--trigger-margin must be >= 0"),
+            (self.trigger_size + self.trigger_margin <= 28, "--trigger-size + --trigger-margin must fit in 28 pixels"),
+            (0 < self.fgsm_eps <= 1, "--fgsm-eps must be in (0, 1] (pixels are in [0, 1])"),
+            (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),
+            (self.threads >= 0, "--threads must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        if self.train_limit and self.poison_count > self.train_limit:
+            raise ConfigError("--poison-count cannot exceed --train-limit")
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
+
+
+QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1}
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse's default prints usage + message
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    """Flags mirror the Config fields one to one."""
+    parser = _OneLineParser(
+        prog="secure_ai_mnist_main.py",
+        description=DESCRIPTION,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata["help"]
+        if isinstance(f.default, bool):
+            parser.add_argument(flag, action="store_true", default=argparse.SUPPRESS, help=help_text)
+            continue
+        kind = f.metadata.get("type") or type(f.default)
+        parser.add_argument(
+            flag,
+            type=kind,
+            default=argparse.SUPPRESS,
+            choices=f.metadata.get("choices"),
+            help=f"{help_text} (default: {f.default})",
+        )
+    return parser
+
+
+def parse_config(argv: list[str] | None) -> Config:
+    """Explicit flags win over --quick's defaults, which win over the dataclass defaults."""
+    given = vars(build_arg_parser().parse_args(argv))
+    values = dict(QUICK_DEFAULTS) if given.get("quick") else {}
+    values.update(given)
+    return Config(**values)

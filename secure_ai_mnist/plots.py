@@ -1,0 +1,94 @@
+"""Figures, drawn with the Agg backend, saved atomically as PNG and closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import atomic_path
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> str:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    plt = _pyplot()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return str(path)
+
+
+def plot_confusion(matrix: np.ndarray, title: str, path: Path) -> str:
+    import seaborn as sns
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 6))
+    sns.heatmap(matrix, annot=True, fmt="d", cmap="Blues", cbar=False, ax=ax, annot_kws={"size": 8})
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_training_curves(histories: dict[str, dict[str, Any]], path: Path) -> str:
+    plt = _pyplot()
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, hist in histories.items():
+        epochs = np.arange(1, len(hist["loss"]) + 1)
+        ax_loss.plot(epochs, hist["loss"], marker="o", label=name)
+        ax_acc.plot(epochs, hist["accuracy"], marker="o", label=name)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="categorical cross-entropy")
+    ax_acc.set(title="training accuracy", xlabel="epoch", ylabel="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save_figure(fig, path)
+
+
+def plot_poison_examples(
+    x: np.ndarray, x_poisoned: np.ndarray, y: np.ndarray, y_poisoned: np.ndarray, indices: np.ndarray, path: Path
+) -> str:
+    plt = _pyplot()
+    shown = indices[:6]
+    fig, axes = plt.subplots(2, max(len(shown), 1), figsize=(2 * max(len(shown), 1), 4.4), squeeze=False)
+    for col, idx in enumerate(shown):
+        axes[0, col].imshow(x[idx].squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[0, col].set_title(f"original: {y[idx]}")
+        axes[1, col].imshow(x_poisoned[idx].squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[1, col].set_title(f"poisoned: {y_poisoned[idx]}")
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("Training images before and after poisoning (trigger + new label)")
+    return save_figure(fig, path)
+
+
+def plot_fgsm_examples(
+    x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, pred_clean: np.ndarray, pred_adv: np.ndarray, eps: float, path: Path
+) -> str:
+    plt = _pyplot()
+    n = min(5, len(x))
+    fig, axes = plt.subplots(n, 3, figsize=(6.5, 2.2 * n), squeeze=False)
+    for row in range(n):
+        delta = x_adv[row] - x[row]
+        axes[row, 0].imshow(x[row].squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[row, 0].set_title(f"clean (true {y[row]}) -> {pred_clean[row]}", fontsize=8)
+        axes[row, 1].imshow(delta.squeeze(), cmap="seismic", vmin=-eps, vmax=eps)
+        axes[row, 1].set_title(f"perturbation (|d| <= {eps})", fontsize=8)
+        axes[row, 2].imshow(x_adv[row].squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[row, 2].set_title(f"FGSM -> {pred_adv[row]}", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("Baseline CNN: clean vs FGSM (predictions shown)")
+    return save_figure(fig, path)

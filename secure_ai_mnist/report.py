@@ -1,0 +1,118 @@
+"""The metrics summary: its schema, validation, headline table and atomic write."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import NUM_CLASSES, atomic_write_bytes
+
+SCHEMA_VERSION = 1
+
+
+SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
+
+
+REQUIRED_SUMMARY_KEYS = {
+    "schema_version": int,
+    "generated_utc": str,
+    "config": dict,
+    "data": dict,
+    "versions": dict,
+    "host": dict,
+    "models": dict,
+    "backdoor": dict,
+    "fgsm": dict,
+    "timings_s": dict,
+    "images": dict,
+    "results_table": str,
+}
+
+
+REQUIRED_EVALS = {
+    "baseline": ("clean", "triggered", "fgsm"),
+    "poisoned": ("clean", "triggered"),
+    "defense_fgsm": ("clean", "fgsm_transfer_from_baseline", "fgsm_whitebox"),
+}
+
+
+REQUIRED_METRICS = ("n", "loss", "accuracy", "inference_time_total_s", "inference_time_per_sample_ms",
+                    "confusion_matrix", "per_class_accuracy", "confusion_png")
+
+
+def validate_summary(summary: dict[str, Any]) -> None:
+    """Raise ValueError naming the first missing or mistyped key of the metrics JSON."""
+    for key, kind in REQUIRED_SUMMARY_KEYS.items():
+        if not isinstance(summary.get(key), kind):
+            raise ValueError(f"summary[{key!r}] missing or not {kind.__name__}")
+    if summary["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(f"schema_version {summary['schema_version']} != {SCHEMA_VERSION}")
+    for model_name, sets in REQUIRED_EVALS.items():
+        model = summary["models"].get(model_name)
+        if not isinstance(model, dict) or not {"training", "model_file", "eval"} <= model.keys():
+            raise ValueError(f"summary['models'][{model_name!r}] incomplete")
+        for set_name in sets:
+            metrics = model["eval"].get(set_name)
+            if not isinstance(metrics, dict) or not set(REQUIRED_METRICS) <= metrics.keys():
+                raise ValueError(f"summary['models'][{model_name!r}]['eval'][{set_name!r}] incomplete")
+            matrix = np.asarray(metrics["confusion_matrix"])
+            if matrix.shape != (NUM_CLASSES, NUM_CLASSES) or int(matrix.sum()) != metrics["n"]:
+                raise ValueError(f"confusion matrix of {model_name}/{set_name} does not match n")
+            if not 0.0 <= metrics["accuracy"] <= 1.0:
+                raise ValueError(f"accuracy of {model_name}/{set_name} outside [0, 1]")
+    for key in ("attack_success_rate", "poison_count", "target_class"):
+        if key not in summary["backdoor"]:
+            raise ValueError(f"summary['backdoor'][{key!r}] missing")
+
+
+def library_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    names = ("tensorflow", "tensorflow-cpu", "keras", "adversarial-robustness-toolbox", "numpy",
+             "scikit-learn", "matplotlib", "seaborn")
+    versions = {"python": platform.python_version()}
+    for name in names:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+def host_summary() -> dict[str, Any]:
+    return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
+
+
+def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
+    """Markdown table of the headline numbers, built only from measured values."""
+    def pct(value: float | None) -> str:
+        return "n/a" if value is None else f"{100 * value:.2f}%"
+
+    def acc(model: str, test_set: str) -> float | None:
+        return models[model]["eval"].get(test_set, {}).get("accuracy")
+
+    asr = backdoor["attack_success_rate"]
+    rows = [
+        ("baseline", acc("baseline", "clean"), acc("baseline", "triggered"), asr["baseline"],
+         acc("baseline", "fgsm"), None),
+        ("poisoned", acc("poisoned", "clean"), acc("poisoned", "triggered"), asr["poisoned"], None, None),
+        ("defense_fgsm", acc("defense_fgsm", "clean"), None, None,
+         acc("defense_fgsm", "fgsm_transfer_from_baseline"), acc("defense_fgsm", "fgsm_whitebox")),
+    ]
+    lines = [
+        "| model | clean acc | triggered acc | backdoor ASR | FGSM acc (crafted on baseline) | FGSM acc (white-box) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, *values in rows:
+        lines.append("| " + " | ".join([name, *(pct(v) for v in values)]) + " |")
+    return "\n".join(lines)
+
+
+def write_summary(summary: dict[str, Any], path: Path) -> None:
+    """Validate, then write the metrics JSON atomically."""
+    validate_summary(summary)
+    atomic_write_bytes(path, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
