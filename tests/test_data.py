@@ -65,12 +65,12 @@ def test_offline_without_data_fails_cleanly(tmp_path):
 
 
 def test_corrupt_data_dir_via_cli_names_the_file(tmp_path):
-    data_dir = tmp_path / "data_dir"
+    data_dir = tmp_path / "data"
     data_dir.mkdir()
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                  "t10k-labels-idx1-ubyte"):
         (data_dir / name).write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x01\x07")
-    proc = run_script("--data_dir-dir", str(data_dir), "--output-dir", str(tmp_path / "out"))
+    proc = run_script("--data-dir", str(data_dir), "--output-dir", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
