@@ -46,6 +46,8 @@ class Config:
     trigger_size: int = _opt(3, "side of the white square trigger, in pixels")
     trigger_margin: int = _opt(1, "gap between the trigger and the bottom-right image border, in pixels")
     fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
+    attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
+                               choices=("compiled", "art"))
     attack_batch_size: int = _opt(512, "batch size for crafting adversarial examples and for inference")
     threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

@@ -50,3 +50,47 @@ def test_cross_entropy_matches_keras(rng):
     y = rng.integers(0, 10, size=50)
     expected = float(keras.losses.categorical_crossentropy(keras.utils.to_categorical(y, 10), probs).numpy().mean())
     assert evaluation.cross_entropy(probs, y) == pytest.approx(expected, rel=1e-5)
+
+
+def _accuracy(trained, x, y):
+    return float(np.mean(model.predict_probabilities(trained, x, 128)[0].argmax(1) == y))
+
+
+def test_compiled_fgsm_equals_art(tiny_model):
+    x, y = synthetic_digits(np.random.default_rng(4), 256)
+    art_cfg = config.Config(fgsm_eps=0.2, attack_backend="art", attack_batch_size=64)
+    ours_cfg = config.Config(fgsm_eps=0.2, attack_backend="compiled", attack_batch_size=64)
+    x_art, _ = attacks.generate_fgsm(tiny_model, x, y, art_cfg, "art")
+    x_ours, info = attacks.generate_fgsm(tiny_model, x, y, ours_cfg, "ours")
+    assert info["backend"] == "compiled"
+    assert np.mean(np.isclose(x_art, x_ours, atol=1e-6)) > 0.999
+    assert _accuracy(tiny_model, x_art, y) == pytest.approx(_accuracy(tiny_model, x_ours, y), abs=1 / 256)
+
+
+def test_compiled_pgd_equals_art_without_random_start(tiny_model):
+    x, y = synthetic_digits(np.random.default_rng(5), 128)
+    art = attacks.build_art_pgd(tiny_model, eps=0.15, step=0.03, steps=10, restarts=0, batch_size=64)
+    x_art = art.generate(x=x, y=np.eye(10, dtype=np.float32)[y])
+    x_ours, fooled = attacks.linf_attack(attacks.make_linf_attack(tiny_model), x, y, 0.15, 0.03, 10, batch_size=64)
+    assert np.mean(np.isclose(x_art, x_ours, atol=1e-5)) > 0.995
+    assert 1 - fooled.mean() == pytest.approx(_accuracy(tiny_model, x_ours, y))
+
+
+def test_pgd_bound_strength_and_restarts(tiny_model):
+    x, y = synthetic_digits(np.random.default_rng(6), 256)
+    fn = attacks.make_linf_attack(tiny_model)
+    eps = 0.3
+    x_fgsm, fooled_fgsm = attacks.linf_attack(fn, x, y, eps, eps, 1, batch_size=100)
+    # One batch, so both runs draw the same noise for their first start.
+    x_pgd1, fooled1 = attacks.linf_attack(fn, x, y, eps, 0.01, 40, restarts=1, rng=np.random.default_rng(9),
+                                          batch_size=256)
+    _, fooled3 = attacks.linf_attack(fn, x, y, eps, 0.01, 40, restarts=3, rng=np.random.default_rng(9),
+                                     batch_size=256)
+    for x_adv in (x_fgsm, x_pgd1):
+        attacks.check_linf_bound(x_adv, x, eps)
+    # PGD-40 is at least as strong as FGSM; extra restarts (same first start) never un-fool a sample.
+    assert fooled1.mean() >= fooled_fgsm.mean()
+    assert np.all(fooled3[fooled1])
+    assert fooled3.mean() >= fooled1.mean()
+    # `fooled` must agree with what the model actually predicts on the returned images.
+    np.testing.assert_array_equal(fooled1, model.predict_probabilities(tiny_model, x_pgd1, 128)[0].argmax(1) != y)
