@@ -20,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
-from secure_ai_mnist.attacks import generate_fgsm
+from secure_ai_mnist.attacks import generate_fgsm, generate_pgd
 from secure_ai_mnist.backdoor import (
     attack_success_rate,
     make_corner_trigger,
     poison_dataset,
     select_poison_indices,
 )
+from secure_ai_mnist.cache import StageCache, cached_arrays, cached_model, code_version
 from secure_ai_mnist.common import (
     LOG,
     AttackBoundError,
@@ -58,6 +59,7 @@ from secure_ai_mnist.report import (
     host_summary,
     library_versions,
     results_table,
+    sanity_checks,
     write_summary,
 )
 
@@ -70,7 +72,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     img = dirs["images"]
     configure_tensorflow(cfg.threads)
     rng = seed_everything(cfg.seed)
-    subset_rng, poison_rng, mix_rng = rng.spawn(3)
+    subset_rng, poison_rng, mix_rng, pgd_rng = rng.spawn(4)
+    cache = StageCache(None if cfg.no_cache else cfg.cache_dir / "stages", code_version())
 
     with stage("load data", timings):
         data = load_mnist(cfg)
@@ -78,57 +81,90 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         test_idx = sample_subset(len(data.y_test), cfg.test_limit, subset_rng)
         x_train, y_train = to_model_input(data.x_train[train_idx]), data.y_train[train_idx]
         x_test, y_test = to_model_input(data.x_test[test_idx]), data.y_test[test_idx]
+        pgd_idx = sample_subset(len(y_test), cfg.pgd_limit, pgd_rng)
         LOG.info("MNIST from %s: %d train / %d test images", data.source, len(y_train), len(y_test))
-
-    models: dict[str, Any] = {}
-    histories: dict[str, dict[str, Any]] = {}
+    data_key = {"sha256": data.sha256, "train_idx": sha256_bytes(train_idx.tobytes()),
+                "test_idx": sha256_bytes(test_idx.tobytes())}
+    train_key = {"data": data_key, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.learning_rate,
+                 "seed": cfg.seed}
     x_test_triggered = make_corner_trigger(x_test, cfg.trigger_size, cfg.trigger_margin)
+    histories: dict[str, dict[str, Any]] = {}
+    evals: dict[str, dict[str, Any]] = {"baseline": {}, "poisoned": {}, "defense_fgsm": {}}
 
     with stage("train baseline", timings):
-        baseline, histories["baseline"] = train_cnn(x_train, y_train, cfg, "baseline")
+        base_key = cache.key("baseline", **train_key)
+        baseline, histories["baseline"] = cached_model(
+            cache, base_key, "baseline model", lambda: train_cnn(x_train, y_train, cfg, "baseline"))
     with stage("evaluate baseline", timings):
-        base_clean, _ = evaluate(baseline, x_test, y_test, "Baseline - clean test set", img / "cm_baseline_clean.png", cfg)
-        base_trig, base_trig_pred = evaluate(baseline, x_test_triggered, y_test, "Baseline - triggered test set",
-                                             img / "cm_baseline_triggered.png", cfg)
+        evals["baseline"]["clean"], _ = evaluate(baseline, x_test, y_test, "Baseline - clean test set",
+                                                 img / "cm_baseline_clean.png", cfg)
+        evals["baseline"]["triggered"], base_trig_pred = evaluate(
+            baseline, x_test_triggered, y_test, "Baseline - triggered test set", img / "cm_baseline_triggered.png", cfg)
 
     with stage("poison and train backdoored model", timings):
         poison_idx = select_poison_indices(y_train, cfg.poison_count, cfg.target_class, poison_rng)
         x_poisoned, y_poisoned = poison_dataset(x_train, y_train, poison_idx, cfg)
-        poisoned, histories["poisoned"] = train_cnn(x_poisoned, y_poisoned, cfg, "poisoned")
+        pois_key = cache.key("poisoned", **train_key, poison=sha256_bytes(poison_idx.tobytes()),
+                             target=cfg.target_class, trigger=(cfg.trigger_size, cfg.trigger_margin))
+        poisoned, histories["poisoned"] = cached_model(
+            cache, pois_key, "poisoned model", lambda: train_cnn(x_poisoned, y_poisoned, cfg, "poisoned"))
     with stage("evaluate backdoored model", timings):
-        pois_clean, _ = evaluate(poisoned, x_test, y_test, "Poisoned model - clean test set",
-                                 img / "cm_poisoned_clean.png", cfg)
-        pois_trig, pois_trig_pred = evaluate(poisoned, x_test_triggered, y_test, "Poisoned model - triggered test set",
-                                             img / "cm_poisoned_triggered.png", cfg)
+        evals["poisoned"]["clean"], _ = evaluate(poisoned, x_test, y_test, "Poisoned model - clean test set",
+                                                 img / "cm_poisoned_clean.png", cfg)
+        evals["poisoned"]["triggered"], pois_trig_pred = evaluate(
+            poisoned, x_test_triggered, y_test, "Poisoned model - triggered test set",
+            img / "cm_poisoned_triggered.png", cfg)
         poison_png = plot_poison_examples(x_train, x_poisoned, y_train, y_poisoned, poison_idx,
                                           img / "poison_examples.png")
 
     with stage("FGSM on baseline (train + test)", timings):
-        x_train_adv, fgsm_train_info = generate_fgsm(baseline, x_train, y_train, cfg, "train set vs baseline")
+        fgsm_key = {"eps": cfg.fgsm_eps, "backend": cfg.attack_backend}
+        train_adv_key = cache.key("fgsm_train", model=base_key, **fgsm_key)
+        x_train_adv, fgsm_train_info = cached_arrays(
+            cache, train_adv_key, "FGSM train set",
+            lambda: generate_fgsm(baseline, x_train, y_train, cfg, "train set vs baseline"))
         x_test_adv, fgsm_test_info = generate_fgsm(baseline, x_test, y_test, cfg, "test set vs baseline")
     with stage("evaluate baseline on FGSM", timings):
-        base_fgsm, base_fgsm_pred = evaluate(baseline, x_test_adv, y_test, "Baseline - FGSM test set",
-                                             img / "cm_baseline_fgsm.png", cfg)
+        evals["baseline"]["fgsm"], base_fgsm_pred = evaluate(baseline, x_test_adv, y_test, "Baseline - FGSM test set",
+                                                             img / "cm_baseline_fgsm.png", cfg)
         clean_pred = np.argmax(predict_probabilities(baseline, x_test[:5], cfg.attack_batch_size)[0], axis=1)
         fgsm_png = plot_fgsm_examples(x_test[:5], x_test_adv[:5], y_test[:5], clean_pred, base_fgsm_pred[:5],
                                       cfg.fgsm_eps, img / "fgsm_examples.png")
 
     with stage("adversarial training (clean + FGSM)", timings):
-        order = mix_rng.permutation(2 * len(x_train))
-        x_mix = np.concatenate([x_train, x_train_adv])[order]
-        y_mix = np.concatenate([y_train, y_train])[order]
-        del x_train_adv
-        defense, histories["defense_fgsm"] = train_cnn(x_mix, y_mix, cfg, "defense_fgsm")
-        del x_mix, y_mix
+        def train_defense() -> tuple[Any, dict[str, Any]]:
+            order = mix_rng.permutation(2 * len(x_train))
+            x_mix = np.concatenate([x_train, x_train_adv])[order]
+            y_mix = np.concatenate([y_train, y_train])[order]
+            return train_cnn(x_mix, y_mix, cfg, "defense_fgsm")
+
+        def_key = cache.key("defense_fgsm", **train_key, adversarial=train_adv_key)
+        defense, histories["defense_fgsm"] = cached_model(cache, def_key, "FGSM-trained defense", train_defense)
     with stage("white-box FGSM on defense", timings):
         x_test_adv_wb, fgsm_wb_info = generate_fgsm(defense, x_test, y_test, cfg, "test set vs defense")
     with stage("evaluate defense", timings):
-        def_clean, _ = evaluate(defense, x_test, y_test, "FGSM-trained defense - clean test set",
-                                img / "cm_defense_clean.png", cfg)
-        def_transfer, _ = evaluate(defense, x_test_adv, y_test, "Defense - FGSM crafted on baseline (transfer)",
-                                   img / "cm_defense_fgsm_transfer.png", cfg)
-        def_wb, _ = evaluate(defense, x_test_adv_wb, y_test, "Defense - FGSM crafted on defense (white-box)",
-                             img / "cm_defense_fgsm_whitebox.png", cfg)
+        evals["defense_fgsm"]["clean"], _ = evaluate(defense, x_test, y_test, "FGSM-trained defense - clean test set",
+                                                     img / "cm_defense_clean.png", cfg)
+        evals["defense_fgsm"]["fgsm_transfer_from_baseline"], _ = evaluate(
+            defense, x_test_adv, y_test, "Defense - FGSM crafted on baseline (transfer)",
+            img / "cm_defense_fgsm_transfer.png", cfg)
+        evals["defense_fgsm"]["fgsm_whitebox"], _ = evaluate(
+            defense, x_test_adv_wb, y_test, "Defense - FGSM crafted on defense (white-box)",
+            img / "cm_defense_fgsm_whitebox.png", cfg)
+
+    pgd: dict[str, Any] = {}
+    fgsm_on_pgd_subset: dict[str, float] = {}
+    with stage("white-box PGD on every model", timings):
+        x_pgd_clean, y_pgd = x_test[pgd_idx], y_test[pgd_idx]
+        for name, net, title in (("baseline", baseline, "Baseline"), ("poisoned", poisoned, "Poisoned model"),
+                                 ("defense_fgsm", defense, "Defense")):
+            x_pgd, pgd[name] = generate_pgd(net, x_pgd_clean, y_pgd, cfg, pgd_rng, f"vs {name}")
+            evals[name]["pgd_whitebox"], _ = evaluate(
+                net, x_pgd, y_pgd, f"{title} - PGD-{cfg.pgd_steps} white-box (n={len(y_pgd)})",
+                img / f"cm_{name}_pgd_whitebox.png", cfg)
+        fgsm_on_pgd_subset["baseline"] = float(np.mean(base_fgsm_pred[pgd_idx] == y_pgd))
+        wb_pred = np.argmax(predict_probabilities(defense, x_test_adv_wb[pgd_idx], cfg.attack_batch_size)[0], axis=1)
+        fgsm_on_pgd_subset["defense_fgsm"] = float(np.mean(wb_pred == y_pgd))
 
     with stage("save models and plots", timings):
         model_files = {
@@ -138,15 +174,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         }
         curves_png = plot_training_curves(histories, img / "training_curves.png")
 
-    models = {
-        "baseline": {"training": histories["baseline"], "model_file": model_files["baseline"],
-                     "eval": {"clean": base_clean, "triggered": base_trig, "fgsm": base_fgsm}},
-        "poisoned": {"training": histories["poisoned"], "model_file": model_files["poisoned"],
-                     "eval": {"clean": pois_clean, "triggered": pois_trig}},
-        "defense_fgsm": {"training": histories["defense_fgsm"], "model_file": model_files["defense_fgsm"],
-                         "eval": {"clean": def_clean, "fgsm_transfer_from_baseline": def_transfer,
-                                  "fgsm_whitebox": def_wb}},
-    }
+    models = {name: {"training": histories[name], "model_file": model_files[name], "eval": evals[name]}
+              for name in evals}
     backdoor = {
         "poison_count": int(cfg.poison_count),
         "poison_fraction": float(cfg.poison_count / len(y_train)),
@@ -154,14 +183,17 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         "trigger": {"shape": "square", "size": cfg.trigger_size, "margin": cfg.trigger_margin,
                     "corner": "bottom-right", "value": 1.0},
         "poison_indices_sha256": sha256_bytes(poison_idx.astype(np.int64).tobytes()),
-        "poison_source_label_counts": {str(k): int(v) for k, v in zip(*np.unique(y_train[poison_idx], return_counts=True))},
+        "poison_source_label_counts": {str(k): int(v)
+                                       for k, v in zip(*np.unique(y_train[poison_idx], return_counts=True))},
         "attack_success_rate": {
             "baseline": attack_success_rate(base_trig_pred, y_test, cfg.target_class),
             "poisoned": attack_success_rate(pois_trig_pred, y_test, cfg.target_class),
         },
-        "asr_definition": "share of triggered test images whose true class is not the target that are predicted as the target",
+        "asr_definition": "share of triggered test images whose true class is not the target that are predicted "
+                          "as the target",
         "examples_png": poison_png,
     }
+    checks = sanity_checks(models, pgd, fgsm_on_pgd_subset, cfg)
     table = results_table(models, backdoor)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -174,16 +206,25 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         "host": host_summary(),
         "models": models,
         "backdoor": backdoor,
-        "fgsm": {"library": "adversarial-robustness-toolbox FastGradientMethod", "norm": "inf", "targeted": False,
-                 "labels": "true labels", "eps": cfg.fgsm_eps, "train_vs_baseline": fgsm_train_info,
-                 "test_vs_baseline": fgsm_test_info, "test_vs_defense_whitebox": fgsm_wb_info},
+        "fgsm": {"library": "compiled TensorFlow (equal to ART's FastGradientMethod, tested)"
+                 if cfg.attack_backend == "compiled" else "adversarial-robustness-toolbox FastGradientMethod",
+                 "norm": "inf", "targeted": False, "labels": "true labels", "eps": cfg.fgsm_eps,
+                 "train_vs_baseline": fgsm_train_info, "test_vs_baseline": fgsm_test_info,
+                 "test_vs_defense_whitebox": fgsm_wb_info},
+        "pgd": {"n_test_images": int(len(pgd_idx)), "subset_sha256": sha256_bytes(pgd_idx.tobytes()),
+                "per_model": pgd, "fgsm_accuracy_on_same_subset": fgsm_on_pgd_subset},
+        "sanity_checks": checks,
+        "cache": {"enabled": not cfg.no_cache, "reused": cache.hits, "code_version": cache.code},
         "timings_s": {**timings, "total": round(time.time() - started, 3)},
         "images": {"training_curves": curves_png, "poison_examples": poison_png, "fgsm_examples": fgsm_png,
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
         "results_table": table,
     }
     write_summary(summary, dirs["root"] / SUMMARY_FILENAME)
-    LOG.info("results (%d train / %d test images):\n%s", len(y_train), len(y_test), table)
+    for check in checks.values():
+        if not check["passed"]:
+            LOG.warning("sanity check failed, a robustness number is not to be trusted: %s", check["description"])
+    LOG.info("results (%d train / %d test images, PGD on %d):\n%s", len(y_train), len(y_test), len(pgd_idx), table)
     LOG.info("wrote %s in %.1f s", dirs["root"] / SUMMARY_FILENAME, summary["timings_s"]["total"])
     return summary
 

@@ -30,11 +30,12 @@ class Config:
     data_dir: Path | None = _opt(
         None, "directory with MNIST as raw or .gz IDX files, or a Keras-format mnist.npz (checked first)", type=Path
     )
-    cache_dir: Path = _opt(default_cache_dir(), "where verified MNIST files are cached between runs")
+    cache_dir: Path = _opt(default_cache_dir(), "where verified MNIST files and finished stages are cached")
+    no_cache: bool = _opt(False, "recompute every stage instead of reusing cached models and adversarial sets")
     offline: bool = _opt(False, "never download MNIST; fail unless --data-dir or the cache has it")
     seed: int = _opt(42, "seed for every random choice (sampling, shuffling, weight init)")
     quick: bool = _opt(
-        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch) unless those flags are given"
+        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200) unless those flags are given"
     )
     train_limit: int = _opt(0, "use this many training images, sampled without replacement (0 = all 60,000)")
     test_limit: int = _opt(0, "use this many test images, sampled without replacement (0 = all 10,000)")
@@ -48,6 +49,11 @@ class Config:
     fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
     attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
                                choices=("compiled", "art"))
+    pgd_eps: float = _opt(0.3, "PGD L-infinity budget")
+    pgd_step_size: float = _opt(0.01, "PGD step size")
+    pgd_steps: int = _opt(40, "PGD iterations")
+    pgd_restarts: int = _opt(1, "PGD random starts; a sample is robust only if it survives all of them")
+    pgd_limit: int = _opt(1000, "test images attacked with PGD, drawn without replacement (0 = all)")
     attack_batch_size: int = _opt(512, "batch size for crafting adversarial examples and for inference")
     threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -65,6 +71,11 @@ class Config:
             (self.trigger_margin >= 0, "--trigger-margin must be >= 0"),
             (self.trigger_size + self.trigger_margin <= 28, "--trigger-size + --trigger-margin must fit in 28 pixels"),
             (0 < self.fgsm_eps <= 1, "--fgsm-eps must be in (0, 1] (pixels are in [0, 1])"),
+            (0 < self.pgd_eps <= 1, "--pgd-eps must be in (0, 1]"),
+            (0 < self.pgd_step_size <= 1, "--pgd-step-size must be in (0, 1]"),
+            (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
+            (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
+            (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),
             (self.threads >= 0, "--threads must be >= 0"),
         ]
@@ -78,7 +89,8 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1}
+QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10,
+                  "pgd_step_size": 0.03}
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 
 from .common import NUM_CLASSES, atomic_write_bytes
+from .config import Config
 
 SCHEMA_VERSION = 1
-
-
 SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
 
 
@@ -29,6 +28,9 @@ REQUIRED_SUMMARY_KEYS = {
     "models": dict,
     "backdoor": dict,
     "fgsm": dict,
+    "pgd": dict,
+    "sanity_checks": dict,
+    "cache": dict,
     "timings_s": dict,
     "images": dict,
     "results_table": str,
@@ -36,9 +38,9 @@ REQUIRED_SUMMARY_KEYS = {
 
 
 REQUIRED_EVALS = {
-    "baseline": ("clean", "triggered", "fgsm"),
-    "poisoned": ("clean", "triggered"),
-    "defense_fgsm": ("clean", "fgsm_transfer_from_baseline", "fgsm_whitebox"),
+    "baseline": ("clean", "triggered", "fgsm", "pgd_whitebox"),
+    "poisoned": ("clean", "triggered", "pgd_whitebox"),
+    "defense_fgsm": ("clean", "fgsm_transfer_from_baseline", "fgsm_whitebox", "pgd_whitebox"),
 }
 
 
@@ -98,18 +100,51 @@ def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
     asr = backdoor["attack_success_rate"]
     rows = [
         ("baseline", acc("baseline", "clean"), acc("baseline", "triggered"), asr["baseline"],
-         acc("baseline", "fgsm"), None),
-        ("poisoned", acc("poisoned", "clean"), acc("poisoned", "triggered"), asr["poisoned"], None, None),
-        ("defense_fgsm", acc("defense_fgsm", "clean"), None, None,
-         acc("defense_fgsm", "fgsm_transfer_from_baseline"), acc("defense_fgsm", "fgsm_whitebox")),
+         None, acc("baseline", "fgsm"), acc("baseline", "pgd_whitebox")),
+        ("poisoned", acc("poisoned", "clean"), acc("poisoned", "triggered"), asr["poisoned"], None, None,
+         acc("poisoned", "pgd_whitebox")),
+        ("defense_fgsm", acc("defense_fgsm", "clean"), None, None, acc("defense_fgsm", "fgsm_transfer_from_baseline"),
+         acc("defense_fgsm", "fgsm_whitebox"), acc("defense_fgsm", "pgd_whitebox")),
     ]
     lines = [
-        "| model | clean acc | triggered acc | backdoor ASR | FGSM acc (crafted on baseline) | FGSM acc (white-box) |",
-        "|---|---|---|---|---|---|",
+        "| model | clean acc | triggered acc | backdoor ASR | FGSM acc (crafted on baseline, transfer) "
+        "| FGSM acc (white-box) | PGD acc (white-box) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, *values in rows:
         lines.append("| " + " | ".join([name, *(pct(v) for v in values)]) + " |")
     return "\n".join(lines)
+
+
+def sanity_checks(
+    models: dict[str, Any], pgd: dict[str, Any], fgsm_on_pgd_subset: dict[str, float], cfg: Config
+) -> dict[str, dict[str, Any]]:
+    """Checks from the adversarial-evaluation literature; passed is True, False, or None (not applicable).
+
+    A False means a robustness number in this run is not to be trusted.
+    """
+    checks: dict[str, dict[str, Any]] = {}
+    same_eps = abs(cfg.pgd_eps - cfg.fgsm_eps) < 1e-12
+    for name, fgsm_acc in fgsm_on_pgd_subset.items():
+        pgd_acc = pgd[name]["robust_accuracy"]
+        checks[f"pgd_not_weaker_than_fgsm_{name}"] = {
+            "description": f"{name}: white-box PGD accuracy <= white-box FGSM accuracy on the same images and eps",
+            "passed": (pgd_acc <= fgsm_acc) if same_eps else None,
+            "pgd_accuracy": pgd_acc, "fgsm_accuracy": fgsm_acc,
+        }
+    defense = models["defense_fgsm"]["eval"]
+    wb, transfer = defense["fgsm_whitebox"]["accuracy"], defense["fgsm_transfer_from_baseline"]["accuracy"]
+    checks["whitebox_not_weaker_than_transfer_defense_fgsm"] = {
+        "description": "defense_fgsm: FGSM crafted on the model itself is at least as strong as FGSM transferred "
+                       "from the baseline",
+        "passed": wb <= transfer, "whitebox_accuracy": wb, "transfer_accuracy": transfer,
+    }
+    checks["eps_bound_and_pixel_range"] = {
+        "description": "every generated adversarial set stays within its eps (L-inf) and inside [0, 1]; "
+                       "the run stops with an error otherwise",
+        "passed": True,
+    }
+    return checks
 
 
 def write_summary(summary: dict[str, Any], path: Path) -> None:

@@ -48,9 +48,22 @@ def synthetic_digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.n
 
 
 @pytest.fixture(scope="session")
-def quick_run(tmp_path_factory):
-    """One real `--quick` run of the script (real MNIST subset), shared by the tests that read it."""
-    out = tmp_path_factory.mktemp("quick") / "outputs"
-    proc = run_script("--quick", "--output-dir", str(out), timeout=600)
+def mnist_dir():
+    """The verified real MNIST in the user cache (downloaded once if missing)."""
+    from secure_ai_mnist import data
+
+    cfg = config.Config()
+    data.load_mnist(cfg)
+    return cfg.cache_dir
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, mnist_dir):
+    """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the tests."""
+    base = tmp_path_factory.mktemp("quick")
+    args = ("--quick", "--data-dir", str(mnist_dir), "--cache-dir", str(base / "cache"))
+    out = base / "outputs"
+    proc = run_script(*args, "--output-dir", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr}
+    return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr, "args": args,
+            "base": base}

@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from secure_ai_mnist import common, data, report
 
@@ -33,6 +34,11 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
         check = summary["fgsm"][key]["bound_check"]
         assert check["max_linf"] <= eps + 1e-6 and 0 <= check["min_pixel"] and check["max_pixel"] <= 1
     assert summary["fgsm"]["train_vs_baseline"]["n"] == 2000
+    assert summary["pgd"]["n_test_images"] == 200
+    for name, info in summary["pgd"]["per_model"].items():
+        assert info["bound_check"]["max_linf"] <= summary["config"]["pgd_eps"] + 1e-6
+        assert info["robust_accuracy"] == pytest.approx(summary["models"][name]["eval"]["pgd_whitebox"]["accuracy"])
+    assert all(c["passed"] in (True, False, None) for c in summary["sanity_checks"].values())
 
     asr = summary["backdoor"]["attack_success_rate"]
     assert 0.0 <= asr["baseline"] <= 1.0 and 0.0 <= asr["poisoned"] <= 1.0

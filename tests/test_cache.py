@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from conftest import run_script
+from secure_ai_mnist import cache
+
+
+def test_arrays_roundtrip_and_tamper_detection(tmp_path, rng):
+    store = cache.StageCache(tmp_path, "code-v1")
+    key = store.key("fgsm_train", eps=0.3)
+    array = rng.uniform(size=(4, 28, 28, 1)).astype(np.float32)
+    value, info = cache.cached_arrays(store, key, "set", lambda: (array, {"n": 4}))
+    assert info == {"n": 4} and store.hits == []
+    again, info2 = cache.cached_arrays(store, key, "set", lambda: (np.zeros(1), {"n": 0}))
+    np.testing.assert_array_equal(again, array)
+    assert info2 == {"n": 4} and store.hits == ["set"]
+    # A flipped byte fails the SHA-256 check: the entry is dropped and recomputed.
+    npz = tmp_path / key / "arrays.npz"
+    raw = bytearray(npz.read_bytes())
+    raw[-20] ^= 0xFF
+    npz.write_bytes(bytes(raw))
+    fresh, info3 = cache.cached_arrays(store, key, "set", lambda: (np.ones(2), {"n": 2}))
+    np.testing.assert_array_equal(fresh, np.ones(2))
+    assert info3 == {"n": 2}
+
+
+def test_keys_depend_on_stage_code_and_inputs():
+    a = cache.StageCache(None, "code-v1")
+    b = cache.StageCache(None, "code-v2")
+    assert a.key("baseline", epochs=3) == a.key("baseline", epochs=3)
+    assert a.key("baseline", epochs=3) != a.key("baseline", epochs=4)
+    assert a.key("baseline", epochs=3) != a.key("poisoned", epochs=3)
+    assert a.key("baseline", epochs=3) != b.key("baseline", epochs=3)
+
+
+def test_disabled_cache_never_hits(rng):
+    store = cache.StageCache(None, "v")
+    calls = []
+    for _ in range(2):
+        cache.cached_arrays(store, "k", "set", lambda: (calls.append(1) or np.zeros(1), {}))
+    assert len(calls) == 2
+
+
+def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run):
+    first = json.loads(quick_run["json"].read_text())
+    assert first["cache"]["reused"] == []
+    out = quick_run["base"] / "rerun"
+    proc = run_script(*quick_run["args"], "--output-dir", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
+    assert set(second["cache"]["reused"]) == {"baseline model", "poisoned model", "FGSM train set",
+                                              "FGSM-trained defense"}
+    for model in ("baseline", "poisoned", "defense_fgsm"):
+        assert second["models"][model]["eval"]["clean"]["accuracy"] == first["models"][model]["eval"]["clean"]["accuracy"]
+    # A new FGSM eps invalidates the adversarial training set and the defense, not the other models.
+    out3 = quick_run["base"] / "eps"
+    proc = run_script(*quick_run["args"], "--fgsm-eps", "0.2", "--output-dir", str(out3), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    third = json.loads((out3 / "metrics_summary_tasks5_6_7.json").read_text())
+    assert set(third["cache"]["reused"]) == {"baseline model", "poisoned model"}
