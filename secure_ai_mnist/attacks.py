@@ -100,7 +100,7 @@ def linf_attack(
     steps: int,
     restarts: int = 0,
     rng: np.random.Generator | None = None,
-    batch_size: int = 512,
+    batch_size: int = 64,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Untargeted L-inf attack (from ``make_linf_attack``) on (x, y); ``restarts`` > 0 runs that
     many starts, each from uniform noise in the eps ball drawn from ``rng``.
