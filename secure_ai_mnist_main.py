@@ -38,9 +38,9 @@ from secure_ai_mnist.common import (
     sha256_bytes,
     stage,
 )
-from secure_ai_mnist.config import Config, parse_config
+from secure_ai_mnist.config import EPS_GRID, Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
-from secure_ai_mnist.evaluation import evaluate
+from secure_ai_mnist.evaluation import accuracy_vs_eps, evaluate, transfer_matrix
 from secure_ai_mnist.model import (
     configure_tensorflow,
     predict_probabilities,
@@ -49,6 +49,7 @@ from secure_ai_mnist.model import (
     train_cnn,
 )
 from secure_ai_mnist.plots import (
+    plot_eps_curves,
     plot_fgsm_examples,
     plot_poison_examples,
     plot_training_curves,
@@ -153,18 +154,22 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
             img / "cm_defense_fgsm_whitebox.png", cfg)
 
     pgd: dict[str, Any] = {}
-    fgsm_on_pgd_subset: dict[str, float] = {}
-    with stage("white-box PGD on every model", timings):
-        x_pgd_clean, y_pgd = x_test[pgd_idx], y_test[pgd_idx]
-        for name, net, title in (("baseline", baseline, "Baseline"), ("poisoned", poisoned, "Poisoned model"),
-                                 ("defense_fgsm", defense, "Defense")):
-            x_pgd, pgd[name] = generate_pgd(net, x_pgd_clean, y_pgd, cfg, pgd_rng, f"vs {name}")
+    with stage("robustness: white-box PGD, transfer table, accuracy vs eps", timings):
+        nets = {"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense}
+        x_sub, y_sub = x_test[pgd_idx], y_test[pgd_idx]
+        pgd_sets, fgsm_sets = {}, {}
+        for name, net in nets.items():
+            pgd_sets[name], pgd[name] = generate_pgd(net, x_sub, y_sub, cfg, pgd_rng, f"vs {name}")
             evals[name]["pgd_whitebox"], _ = evaluate(
-                net, x_pgd, y_pgd, f"{title} - PGD-{cfg.pgd_steps} white-box (n={len(y_pgd)})",
+                net, pgd_sets[name], y_sub, f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
                 img / f"cm_{name}_pgd_whitebox.png", cfg)
-        fgsm_on_pgd_subset["baseline"] = float(np.mean(base_fgsm_pred[pgd_idx] == y_pgd))
-        wb_pred = np.argmax(predict_probabilities(defense, x_test_adv_wb[pgd_idx], cfg.attack_batch_size)[0], axis=1)
-        fgsm_on_pgd_subset["defense_fgsm"] = float(np.mean(wb_pred == y_pgd))
+            fgsm_sets[name] = generate_fgsm(net, x_sub, y_sub, cfg, f"subset vs {name}")[0]
+        transfer = {"pgd": transfer_matrix(nets, pgd_sets, y_sub, cfg.attack_batch_size),
+                    "fgsm": transfer_matrix(nets, fgsm_sets, y_sub, cfg.attack_batch_size)}
+        curve_idx = pgd_idx[: cfg.curve_limit] if cfg.curve_limit else pgd_idx
+        curves = accuracy_vs_eps({"baseline": baseline, "defense_fgsm": defense}, x_test[curve_idx],
+                                 y_test[curve_idx], EPS_GRID, cfg, pgd_rng)
+        eps_png = plot_eps_curves(curves, img / "accuracy_vs_eps.png")
 
     with stage("save models and plots", timings):
         model_files = {
@@ -193,7 +198,7 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
                           "as the target",
         "examples_png": poison_png,
     }
-    checks = sanity_checks(models, pgd, fgsm_on_pgd_subset, cfg)
+    checks = sanity_checks(models, transfer, curves, cfg)
     table = results_table(models, backdoor)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -212,11 +217,16 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
                  "train_vs_baseline": fgsm_train_info, "test_vs_baseline": fgsm_test_info,
                  "test_vs_defense_whitebox": fgsm_wb_info},
         "pgd": {"n_test_images": int(len(pgd_idx)), "subset_sha256": sha256_bytes(pgd_idx.tobytes()),
-                "per_model": pgd, "fgsm_accuracy_on_same_subset": fgsm_on_pgd_subset},
+                "per_model": pgd},
+        "transfer": {"n_test_images": int(len(pgd_idx)), "eps": {"fgsm": cfg.fgsm_eps, "pgd": cfg.pgd_eps},
+                     "meaning": "accuracy[attack][crafted_on][evaluated_on]; the diagonal is white-box",
+                     "accuracy": transfer},
+        "accuracy_vs_eps": {**curves, "png": eps_png},
         "sanity_checks": checks,
         "cache": {"enabled": not cfg.no_cache, "reused": cache.hits, "code_version": cache.code},
         "timings_s": {**timings, "total": round(time.time() - started, 3)},
         "images": {"training_curves": curves_png, "poison_examples": poison_png, "fgsm_examples": fgsm_png,
+                   "accuracy_vs_eps": eps_png,
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
         "results_table": table,
     }

@@ -53,7 +53,9 @@ class Config:
     pgd_step_size: float = _opt(0.01, "PGD step size")
     pgd_steps: int = _opt(40, "PGD iterations")
     pgd_restarts: int = _opt(1, "PGD random starts; a sample is robust only if it survives all of them")
-    pgd_limit: int = _opt(1000, "test images attacked with PGD, drawn without replacement (0 = all)")
+    pgd_limit: int = _opt(1000, "test images attacked with PGD (and the transfer table), drawn without "
+                                "replacement (0 = all)")
+    curve_limit: int = _opt(300, "of those, images used for the accuracy-vs-eps curves (0 = all of them)")
     attack_batch_size: int = _opt(64, "batch size for crafting adversarial examples and for inference "
                                   "(64 measured fastest on a 2-core CPU)")
     threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
@@ -77,6 +79,7 @@ class Config:
             (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
+            (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
             (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),
             (self.threads >= 0, "--threads must be >= 0"),
         ]
@@ -90,7 +93,9 @@ class Config:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10,
+# eps values of the accuracy-vs-eps curves; 1.0 shows whether accuracy falls to chance.
+EPS_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1.0)
+QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10, "curve_limit": 100,
                   "pgd_step_size": 0.03}
 
 

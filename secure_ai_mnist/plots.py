@@ -92,3 +92,19 @@ def plot_fgsm_examples(
         ax.axis("off")
     fig.suptitle("Baseline CNN: clean vs FGSM (predictions shown)")
     return save_figure(fig, path)
+
+
+def plot_eps_curves(curves: dict[str, Any], path: Path) -> str:
+    """Accuracy against eps: one line per model and attack (solid FGSM, dashed PGD)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for index, name in enumerate(curves["fgsm"]):
+        color = f"C{index}"
+        ax.plot(curves["eps"], curves["fgsm"][name], marker="o", color=color, label=f"{name} - FGSM")
+        ax.plot(curves["eps"], curves["pgd"][name], marker="s", linestyle="--", color=color, label=f"{name} - PGD")
+    ax.axhline(0.1, color="grey", linewidth=0.8, linestyle=":", label="chance")
+    ax.set(xlabel="eps (L-inf, pixels in [0, 1])", ylabel="accuracy", ylim=(0, 1.02),
+           title=f"White-box accuracy vs eps (n={curves['n']} test images)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

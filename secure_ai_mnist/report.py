@@ -29,6 +29,8 @@ REQUIRED_SUMMARY_KEYS = {
     "backdoor": dict,
     "fgsm": dict,
     "pgd": dict,
+    "transfer": dict,
+    "accuracy_vs_eps": dict,
     "sanity_checks": dict,
     "cache": dict,
     "timings_s": dict,
@@ -117,7 +119,7 @@ def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
 
 
 def sanity_checks(
-    models: dict[str, Any], pgd: dict[str, Any], fgsm_on_pgd_subset: dict[str, float], cfg: Config
+    models: dict[str, Any], transfer: dict[str, dict[str, dict[str, float]]], curves: dict[str, Any], cfg: Config
 ) -> dict[str, dict[str, Any]]:
     """Checks from the adversarial-evaluation literature; passed is True, False, or None (not applicable).
 
@@ -125,20 +127,37 @@ def sanity_checks(
     """
     checks: dict[str, dict[str, Any]] = {}
     same_eps = abs(cfg.pgd_eps - cfg.fgsm_eps) < 1e-12
-    for name, fgsm_acc in fgsm_on_pgd_subset.items():
-        pgd_acc = pgd[name]["robust_accuracy"]
+    for name in transfer["pgd"]:
+        pgd_acc, fgsm_acc = transfer["pgd"][name][name], transfer["fgsm"][name][name]
         checks[f"pgd_not_weaker_than_fgsm_{name}"] = {
             "description": f"{name}: white-box PGD accuracy <= white-box FGSM accuracy on the same images and eps",
             "passed": (pgd_acc <= fgsm_acc) if same_eps else None,
             "pgd_accuracy": pgd_acc, "fgsm_accuracy": fgsm_acc,
         }
+    for attack, table in transfer.items():
+        for target in table:
+            whitebox = table[target][target]
+            transferred = {source: table[source][target] for source in table if source != target}
+            checks[f"whitebox_not_weaker_than_transfer_{attack}_{target}"] = {
+                "description": f"{target}: {attack.upper()} crafted on the model itself is at least as strong as "
+                               f"{attack.upper()} crafted on any other model",
+                "passed": all(whitebox <= acc for acc in transferred.values()),
+                "whitebox_accuracy": whitebox, "transfer_accuracy": transferred,
+            }
     defense = models["defense_fgsm"]["eval"]
-    wb, transfer = defense["fgsm_whitebox"]["accuracy"], defense["fgsm_transfer_from_baseline"]["accuracy"]
-    checks["whitebox_not_weaker_than_transfer_defense_fgsm"] = {
-        "description": "defense_fgsm: FGSM crafted on the model itself is at least as strong as FGSM transferred "
-                       "from the baseline",
-        "passed": wb <= transfer, "whitebox_accuracy": wb, "transfer_accuracy": transfer,
+    wb, moved = defense["fgsm_whitebox"]["accuracy"], defense["fgsm_transfer_from_baseline"]["accuracy"]
+    checks["whitebox_not_weaker_than_transfer_full_test_set_defense_fgsm"] = {
+        "description": "defense_fgsm on the full test set: FGSM crafted on the model itself is at least as strong "
+                       "as FGSM transferred from the baseline",
+        "passed": wb <= moved, "whitebox_accuracy": wb, "transfer_accuracy": moved,
     }
+    if 1.0 in curves["eps"]:
+        at_one = {name: accs[curves["eps"].index(1.0)] for name, accs in curves["pgd"].items()}
+        checks["accuracy_near_chance_at_eps_1"] = {
+            "description": "at eps 1.0 the attacker can draw any image, so PGD accuracy must fall to chance "
+                           "(<= 0.15) or below",
+            "passed": all(acc <= 0.15 for acc in at_one.values()), "pgd_accuracy": at_one,
+        }
     checks["eps_bound_and_pixel_range"] = {
         "description": "every generated adversarial set stays within its eps (L-inf) and inside [0, 1]; "
                        "the run stops with an error otherwise",

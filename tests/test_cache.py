@@ -3,8 +3,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-
 from conftest import run_script
+
 from secure_ai_mnist import cache
 
 

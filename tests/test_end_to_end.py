@@ -39,6 +39,15 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
         assert info["bound_check"]["max_linf"] <= summary["config"]["pgd_eps"] + 1e-6
         assert info["robust_accuracy"] == pytest.approx(summary["models"][name]["eval"]["pgd_whitebox"]["accuracy"])
     assert all(c["passed"] in (True, False, None) for c in summary["sanity_checks"].values())
+    names = ["baseline", "poisoned", "defense_fgsm"]
+    for attack in ("fgsm", "pgd"):
+        table = summary["transfer"]["accuracy"][attack]
+        assert sorted(table) == sorted(names) and all(sorted(row) == sorted(names) for row in table.values())
+    assert table["baseline"]["baseline"] == pytest.approx(summary["pgd"]["per_model"]["baseline"]["robust_accuracy"])
+    curves = summary["accuracy_vs_eps"]
+    assert curves["eps"][0] == 0.0 and curves["n"] == 100
+    for name in ("baseline", "defense_fgsm"):
+        assert len(curves["pgd"][name]) == len(curves["eps"]) == len(curves["fgsm"][name])
 
     asr = summary["backdoor"]["attack_success_rate"]
     assert 0.0 <= asr["baseline"] <= 1.0 and 0.0 <= asr["poisoned"] <= 1.0

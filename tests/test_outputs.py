@@ -48,17 +48,26 @@ def test_sanity_checks_flag_a_planted_violation(quick_run):
 
     summary = json.loads(quick_run["json"].read_text())
     models = summary["models"]
-    pgd = {name: dict(info) for name, info in summary["pgd"]["per_model"].items()}
     cfg = Config(fgsm_eps=0.3, pgd_eps=0.3)
-    # Plant: PGD "robust accuracy" above FGSM's on the same images, white-box FGSM weaker than transfer.
-    pgd["baseline"]["robust_accuracy"] = 0.9
-    models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.95
+    good = {"pgd": {"a": {"a": 0.0, "b": 0.5}, "b": {"a": 0.6, "b": 0.1}},
+            "fgsm": {"a": {"a": 0.2, "b": 0.7}, "b": {"a": 0.8, "b": 0.3}}}
+    curves = {"eps": [0.0, 0.3, 1.0], "pgd": {"a": [0.99, 0.0, 0.0], "b": [0.99, 0.1, 0.05]}}
+    models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.1
     models["defense_fgsm"]["eval"]["fgsm_transfer_from_baseline"]["accuracy"] = 0.5
-    checks = report.sanity_checks(models, pgd, {"baseline": 0.1, "defense_fgsm": 1.0}, cfg)
-    assert checks["pgd_not_weaker_than_fgsm_baseline"]["passed"] is False
-    assert checks["whitebox_not_weaker_than_transfer_defense_fgsm"]["passed"] is False
-    pgd["baseline"]["robust_accuracy"] = 0.05
-    assert report.sanity_checks(models, pgd, {"baseline": 0.1, "defense_fgsm": 1.0}, cfg)[
-        "pgd_not_weaker_than_fgsm_baseline"]["passed"] is True
-    assert report.sanity_checks(models, pgd, {"baseline": 0.1}, Config(pgd_eps=0.2))[
-        "pgd_not_weaker_than_fgsm_baseline"]["passed"] is None
+    checks = report.sanity_checks(models, good, curves, cfg)
+    assert all(c["passed"] for c in checks.values()), checks
+
+    # Planted violations: PGD weaker than FGSM on a, transfer stronger than white-box on b,
+    # accuracy far above chance at eps 1, white-box FGSM weaker than transfer on the full test set.
+    bad = json.loads(json.dumps(good))
+    bad["pgd"]["a"]["a"] = 0.25
+    bad["fgsm"]["a"]["b"] = 0.05
+    bad_curves = {"eps": [0.0, 1.0], "pgd": {"a": [0.99, 0.6]}}
+    models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.9
+    checks = report.sanity_checks(models, bad, bad_curves, cfg)
+    failed = {name for name, c in checks.items() if c["passed"] is False}
+    assert failed == {"pgd_not_weaker_than_fgsm_a", "whitebox_not_weaker_than_transfer_fgsm_b",
+                      "accuracy_near_chance_at_eps_1", "whitebox_not_weaker_than_transfer_full_test_set_defense_fgsm"}
+    # Different eps for PGD and FGSM: the comparison does not apply.
+    assert report.sanity_checks(models, bad, bad_curves, Config(pgd_eps=0.2))[
+        "pgd_not_weaker_than_fgsm_a"]["passed"] is None
