@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from secure_ai_mnist.attacks import generate_fgsm, generate_pgd
+from secure_ai_mnist.attacks import generate_fgsm
 from secure_ai_mnist.backdoor import (
-    attack_success_rate,
+    backdoor_summary,
     make_corner_trigger,
     poison_dataset,
     select_poison_indices,
@@ -38,9 +38,9 @@ from secure_ai_mnist.common import (
     sha256_bytes,
     stage,
 )
-from secure_ai_mnist.config import EPS_GRID, Config, parse_config
+from secure_ai_mnist.config import Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
-from secure_ai_mnist.evaluation import accuracy_vs_eps, evaluate, transfer_matrix
+from secure_ai_mnist.evaluation import evaluate, robustness_study
 from secure_ai_mnist.model import (
     configure_tensorflow,
     predict_probabilities,
@@ -49,7 +49,6 @@ from secure_ai_mnist.model import (
     train_cnn,
 )
 from secure_ai_mnist.plots import (
-    plot_eps_curves,
     plot_fgsm_examples,
     plot_poison_examples,
     plot_training_curves,
@@ -71,13 +70,12 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     timings: dict[str, float] = {}
     dirs = prepare_output_dir(cfg.output_dir)
     img = dirs["images"]
-    configure_tensorflow(cfg.threads)
-    rng = seed_everything(cfg.seed)
-    subset_rng, poison_rng, mix_rng, pgd_rng = rng.spawn(4)
     cache = StageCache(None if cfg.no_cache else cfg.cache_dir / "stages", code_version())
 
-    with stage("load data", timings):
-        data = load_mnist(cfg)
+    with stage("load data, start TensorFlow", timings):
+        data = load_mnist(cfg)  # before TensorFlow starts, so a data error costs no start-up time
+        configure_tensorflow(cfg.threads)
+        subset_rng, poison_rng, mix_rng, pgd_rng = seed_everything(cfg.seed).spawn(4)
         train_idx = sample_subset(len(data.y_train), cfg.train_limit, subset_rng)
         test_idx = sample_subset(len(data.y_test), cfg.test_limit, subset_rng)
         x_train, y_train = to_model_input(data.x_train[train_idx]), data.y_train[train_idx]
@@ -153,23 +151,11 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
             defense, x_test_adv_wb, y_test, "Defense - FGSM crafted on defense (white-box)",
             img / "cm_defense_fgsm_whitebox.png", cfg)
 
-    pgd: dict[str, Any] = {}
     with stage("robustness: white-box PGD, transfer table, accuracy vs eps", timings):
-        nets = {"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense}
-        x_sub, y_sub = x_test[pgd_idx], y_test[pgd_idx]
-        pgd_sets, fgsm_sets = {}, {}
-        for name, net in nets.items():
-            pgd_sets[name], pgd[name] = generate_pgd(net, x_sub, y_sub, cfg, pgd_rng, f"vs {name}")
-            evals[name]["pgd_whitebox"], _ = evaluate(
-                net, pgd_sets[name], y_sub, f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
-                img / f"cm_{name}_pgd_whitebox.png", cfg)
-            fgsm_sets[name] = generate_fgsm(net, x_sub, y_sub, cfg, f"subset vs {name}")[0]
-        transfer = {"pgd": transfer_matrix(nets, pgd_sets, y_sub, cfg.attack_batch_size),
-                    "fgsm": transfer_matrix(nets, fgsm_sets, y_sub, cfg.attack_batch_size)}
-        curve_idx = pgd_idx[: cfg.curve_limit] if cfg.curve_limit else pgd_idx
-        curves = accuracy_vs_eps({"baseline": baseline, "defense_fgsm": defense}, x_test[curve_idx],
-                                 y_test[curve_idx], EPS_GRID, cfg, pgd_rng)
-        eps_png = plot_eps_curves(curves, img / "accuracy_vs_eps.png")
+        robustness = robustness_study({"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense},
+                                      x_test, y_test, pgd_idx, cfg, pgd_rng, img)
+        for name, metrics in robustness.pop("pgd_evals").items():
+            evals[name]["pgd_whitebox"] = metrics
 
     with stage("save models and plots", timings):
         model_files = {
@@ -181,24 +167,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
 
     models = {name: {"training": histories[name], "model_file": model_files[name], "eval": evals[name]}
               for name in evals}
-    backdoor = {
-        "poison_count": int(cfg.poison_count),
-        "poison_fraction": float(cfg.poison_count / len(y_train)),
-        "target_class": cfg.target_class,
-        "trigger": {"shape": "square", "size": cfg.trigger_size, "margin": cfg.trigger_margin,
-                    "corner": "bottom-right", "value": 1.0},
-        "poison_indices_sha256": sha256_bytes(poison_idx.astype(np.int64).tobytes()),
-        "poison_source_label_counts": {str(k): int(v)
-                                       for k, v in zip(*np.unique(y_train[poison_idx], return_counts=True))},
-        "attack_success_rate": {
-            "baseline": attack_success_rate(base_trig_pred, y_test, cfg.target_class),
-            "poisoned": attack_success_rate(pois_trig_pred, y_test, cfg.target_class),
-        },
-        "asr_definition": "share of triggered test images whose true class is not the target that are predicted "
-                          "as the target",
-        "examples_png": poison_png,
-    }
-    checks = sanity_checks(models, transfer, curves, cfg)
+    backdoor = backdoor_summary(cfg, y_train, poison_idx, y_test, base_trig_pred, pois_trig_pred, poison_png)
+    checks = sanity_checks(models, robustness["transfer"]["accuracy"], robustness["accuracy_vs_eps"], cfg)
     table = results_table(models, backdoor)
     summary = {
         "schema_version": SCHEMA_VERSION,
@@ -216,23 +186,18 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
                  "norm": "inf", "targeted": False, "labels": "true labels", "eps": cfg.fgsm_eps,
                  "train_vs_baseline": fgsm_train_info, "test_vs_baseline": fgsm_test_info,
                  "test_vs_defense_whitebox": fgsm_wb_info},
-        "pgd": {"n_test_images": int(len(pgd_idx)), "subset_sha256": sha256_bytes(pgd_idx.tobytes()),
-                "per_model": pgd},
-        "transfer": {"n_test_images": int(len(pgd_idx)), "eps": {"fgsm": cfg.fgsm_eps, "pgd": cfg.pgd_eps},
-                     "meaning": "accuracy[attack][crafted_on][evaluated_on]; the diagonal is white-box",
-                     "accuracy": transfer},
-        "accuracy_vs_eps": {**curves, "png": eps_png},
+        **robustness,
         "sanity_checks": checks,
         "cache": {"enabled": not cfg.no_cache, "reused": cache.hits, "code_version": cache.code},
         "timings_s": {**timings, "total": round(time.time() - started, 3)},
         "images": {"training_curves": curves_png, "poison_examples": poison_png, "fgsm_examples": fgsm_png,
-                   "accuracy_vs_eps": eps_png,
+                   "accuracy_vs_eps": robustness["accuracy_vs_eps"]["png"],
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
         "results_table": table,
     }
     write_summary(summary, dirs["root"] / SUMMARY_FILENAME)
     for check in checks.values():
-        if not check["passed"]:
+        if check["passed"] is False:
             LOG.warning("sanity check failed, a robustness number is not to be trusted: %s", check["description"])
     LOG.info("results (%d train / %d test images, PGD on %d):\n%s", len(y_train), len(y_test), len(pgd_idx), table)
     LOG.info("wrote %s in %.1f s", dirs["root"] / SUMMARY_FILENAME, summary["timings_s"]["total"])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from .common import ConfigError
+from .common import ConfigError, sha256_bytes
 from .config import Config
 
 
@@ -43,3 +45,28 @@ def attack_success_rate(predictions: np.ndarray, y_true: np.ndarray, target: int
     if not mask.any():
         return float("nan")
     return float(np.mean(predictions[mask] == target))
+
+
+def backdoor_summary(
+    cfg: Config, y_train: np.ndarray, poison_idx: np.ndarray, y_test: np.ndarray, clean_model_pred: np.ndarray,
+    poisoned_model_pred: np.ndarray, examples_png: str,
+) -> dict[str, Any]:
+    """The backdoor section of the metrics JSON: attack settings and the ASR of both models
+    (predictions are on the triggered test set)."""
+    labels, counts = np.unique(y_train[poison_idx], return_counts=True)
+    return {
+        "poison_count": int(cfg.poison_count),
+        "poison_fraction": float(cfg.poison_count / len(y_train)),
+        "target_class": cfg.target_class,
+        "trigger": {"shape": "square", "size": cfg.trigger_size, "margin": cfg.trigger_margin,
+                    "corner": "bottom-right", "value": 1.0},
+        "poison_indices_sha256": sha256_bytes(poison_idx.astype(np.int64).tobytes()),
+        "poison_source_label_counts": {str(k): int(v) for k, v in zip(labels, counts)},
+        "attack_success_rate": {
+            "baseline": attack_success_rate(clean_model_pred, y_test, cfg.target_class),
+            "poisoned": attack_success_rate(poisoned_model_pred, y_test, cfg.target_class),
+        },
+        "asr_definition": "share of triggered test images whose true class is not the target that are predicted "
+                          "as the target",
+        "examples_png": examples_png,
+    }

@@ -35,7 +35,7 @@ class Config:
     offline: bool = _opt(False, "never download MNIST; fail unless --data-dir or the cache has it")
     seed: int = _opt(42, "seed for every random choice (sampling, shuffling, weight init)")
     quick: bool = _opt(
-        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200) unless those flags are given"
+        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200, eps curves on 50) unless those flags are given"
     )
     train_limit: int = _opt(0, "use this many training images, sampled without replacement (0 = all 60,000)")
     test_limit: int = _opt(0, "use this many test images, sampled without replacement (0 = all 10,000)")
@@ -95,8 +95,8 @@ class Config:
 
 # eps values of the accuracy-vs-eps curves; 1.0 shows whether accuracy falls to chance.
 EPS_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1.0)
-QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10, "curve_limit": 100,
-                  "pgd_step_size": 0.03}
+QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10,
+                  "pgd_step_size": 0.03, "curve_limit": 50}
 
 
 class _OneLineParser(argparse.ArgumentParser):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .common import LOG, NUM_CLASSES
+from .common import LOG, NUM_CLASSES, sha256_bytes
 from .config import Config
 from .model import predict_probabilities
 from .plots import plot_confusion
@@ -97,3 +97,41 @@ def accuracy_vs_eps(
         LOG.info("accuracy vs eps, %s: FGSM %s / PGD %s", name, [round(a, 3) for a in fgsm_acc],
                  [round(a, 3) for a in pgd_acc])
     return curves
+
+
+def robustness_study(
+    models: dict[str, keras.Model], x_test: np.ndarray, y_test: np.ndarray, subset: np.ndarray, cfg: Config,
+    rng: np.random.Generator, images_dir: Path,
+) -> dict[str, Any]:
+    """White-box PGD on every model, FGSM/PGD transfer tables and accuracy-vs-eps curves, all on
+    the test images ``subset`` (curves on its first cfg.curve_limit).
+
+    Returns {"pgd": ..., "transfer": ..., "accuracy_vs_eps": ..., "pgd_evals": {model: metrics}}.
+    """
+    from .attacks import generate_fgsm, generate_pgd
+    from .config import EPS_GRID
+    from .plots import plot_eps_curves
+
+    x_sub, y_sub = x_test[subset], y_test[subset]
+    pgd_info, pgd_evals, pgd_sets, fgsm_sets = {}, {}, {}, {}
+    for name, net in models.items():
+        pgd_sets[name], pgd_info[name] = generate_pgd(net, x_sub, y_sub, cfg, rng, f"vs {name}")
+        pgd_evals[name], _ = evaluate(net, pgd_sets[name], y_sub,
+                                      f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
+                                      images_dir / f"cm_{name}_pgd_whitebox.png", cfg)
+        fgsm_sets[name] = generate_fgsm(net, x_sub, y_sub, cfg, f"subset vs {name}")[0]
+    transfer = {"pgd": transfer_matrix(models, pgd_sets, y_sub, cfg.attack_batch_size),
+                "fgsm": transfer_matrix(models, fgsm_sets, y_sub, cfg.attack_batch_size)}
+    curve_idx = subset[: cfg.curve_limit] if cfg.curve_limit else subset
+    curve_models = {name: net for name, net in models.items() if name != "poisoned"}
+    curves = accuracy_vs_eps(curve_models, x_test[curve_idx], y_test[curve_idx], EPS_GRID, cfg, rng)
+    curves["png"] = plot_eps_curves(curves, images_dir / "accuracy_vs_eps.png")
+    return {
+        "pgd": {"n_test_images": int(len(subset)), "subset_sha256": sha256_bytes(subset.tobytes()),
+                "per_model": pgd_info},
+        "transfer": {"n_test_images": int(len(subset)), "eps": {"fgsm": cfg.fgsm_eps, "pgd": cfg.pgd_eps},
+                     "meaning": "accuracy[attack][crafted_on][evaluated_on]; the diagonal is white-box",
+                     "accuracy": transfer},
+        "accuracy_vs_eps": curves,
+        "pgd_evals": pgd_evals,
+    }

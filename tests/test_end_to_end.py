@@ -45,7 +45,7 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
         assert sorted(table) == sorted(names) and all(sorted(row) == sorted(names) for row in table.values())
     assert table["baseline"]["baseline"] == pytest.approx(summary["pgd"]["per_model"]["baseline"]["robust_accuracy"])
     curves = summary["accuracy_vs_eps"]
-    assert curves["eps"][0] == 0.0 and curves["n"] == 100
+    assert curves["eps"][0] == 0.0 and curves["n"] == 50
     for name in ("baseline", "defense_fgsm"):
         assert len(curves["pgd"][name]) == len(curves["eps"]) == len(curves["fgsm"][name])
 
