@@ -7,7 +7,9 @@ Pipeline (``python secure_ai_mnist_main.py``):
   3. plant a corner-trigger backdoor through poisoned training data;
   4. craft FGSM adversarial examples;
   5. adversarially train a fresh CNN and evaluate it (transferred and white-box FGSM);
-  6. write plots, models and ``metrics_summary_tasks5_6_7.json``.
+  6. white-box PGD on every model, transfer tables, accuracy-vs-eps curves, sanity checks;
+  7. write plots, models and ``metrics_summary_tasks5_6_7.json``.
+``python secure_ai_mnist_main.py predict IMAGE...`` classifies images with a verified model.
 Every number written is measured in the run that writes it. The stages live in the
 ``secure_ai_mnist`` package; this file is the pipeline's table of contents.
 """
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,7 @@ from secure_ai_mnist.common import (
 from secure_ai_mnist.config import Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
 from secure_ai_mnist.evaluation import evaluate, robustness_study
+from secure_ai_mnist.inference import run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
     predict_probabilities,
@@ -204,15 +208,10 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def guarded(step: Callable[[], object]) -> int:
+    """Run ``step``; turn every expected failure into one logged line and an exit code."""
     try:
-        cfg = parse_config(argv)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(cfg.log_level)
-    try:
-        run_pipeline(cfg)
+        step()
     except UserError as exc:
         LOG.error("%s", exc)
         return 2
@@ -226,6 +225,20 @@ def main(argv: list[str] | None = None) -> int:
         LOG.error("interrupted; files already written are complete, nothing half-written was left")
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["predict"]:
+        setup_logging("INFO")
+        return guarded(lambda: run_predict(argv[1:]))
+    try:
+        cfg = parse_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.log_level)
+    return guarded(lambda: run_pipeline(cfg))
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ whole PGD loop inside one TensorFlow graph per batch; tests hold them equal to A
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,8 +20,13 @@ from .config import Config
 if TYPE_CHECKING:
     import keras
 
-# (x, y, x_start, eps, step, steps) -> (x_adv, predicted labels of x_adv)
-LinfAttackFn = Callable[..., tuple[Any, Any]]
+@dataclass(frozen=True)
+class LinfAttack:
+    """Compiled functions for one model: ``perturb(x, y, x_start, eps, step, steps) -> x_adv``
+    and ``labels(x) -> predicted classes``."""
+
+    perturb: Callable[..., Any]
+    labels: Callable[..., Any]
 
 
 def logits_model(model: keras.Model) -> keras.Model:
@@ -64,11 +71,11 @@ def build_art_pgd(model: keras.Model, eps: float, step: float, steps: int, resta
                                     batch_size=batch_size, verbose=False)
 
 
-def make_linf_attack(model: keras.Model) -> LinfAttackFn:
+def make_linf_attack(model: keras.Model) -> LinfAttack:
     """A compiled L-inf PGD for ``model``: ``steps`` signed-gradient steps of size ``step`` from
     ``x_start``, each clipped to [0, 1] and projected onto the eps ball around ``x``.
 
-    FGSM is the special case x_start = x, step = eps, steps = 1. Returns (x_adv, labels of x_adv).
+    FGSM is the special case x_start = x, step = eps, steps = 1.
     """
     import tensorflow as tf
 
@@ -86,13 +93,17 @@ def make_linf_attack(model: keras.Model) -> LinfAttackFn:
                 loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits_of(x_adv, training=False)))
             x_adv = tf.clip_by_value(x_adv + step * tf.sign(tape.gradient(loss, x_adv)), 0.0, 1.0)
             x_adv = x + tf.clip_by_value(x_adv - x, -eps, eps)
-        return x_adv, tf.argmax(logits_of(x_adv, training=False), axis=1)
+        return x_adv
 
-    return attack
+    @tf.function(input_signature=[image])
+    def labels(x):
+        return tf.argmax(logits_of(x, training=False), axis=1)
+
+    return LinfAttack(perturb=attack, labels=labels)
 
 
 def linf_attack(
-    attack: LinfAttackFn,
+    attack: LinfAttack,
     x: np.ndarray,
     y: np.ndarray,
     eps: float,
@@ -101,18 +112,22 @@ def linf_attack(
     restarts: int = 0,
     rng: np.random.Generator | None = None,
     batch_size: int = 64,
-) -> tuple[np.ndarray, np.ndarray]:
+    return_fooled: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None]:
     """Untargeted L-inf attack (from ``make_linf_attack``) on (x, y); ``restarts`` > 0 runs that
     many starts, each from uniform noise in the eps ball drawn from ``rng``.
 
-    Returns (x_adv float32 like x, fooled bool (N,)). A sample counts as robust (fooled False)
-    only if it survives every start; x_adv holds the first start that fooled the model, else
-    the last start's result. Every x_adv is within eps of x and inside [0, 1].
+    Returns (x_adv float32 like x, fooled bool (N,) or None when not asked for). A sample counts
+    as robust (fooled False) only if it survives every start; x_adv holds the first start that
+    fooled the model, else the last start's result. Every x_adv is within eps of x and in [0, 1].
     """
     import tensorflow as tf
 
     if restarts and rng is None:
         raise ValueError("random restarts need an explicit numpy Generator")
+    starts = max(restarts, 1)
+    # Labels of x_adv cost one more forward pass: skip it when nobody reads them (plain FGSM).
+    track = return_fooled or starts > 1
     x_adv = np.empty_like(x, dtype=np.float32)
     fooled = np.zeros(len(x), dtype=bool)
     args = (tf.constant(eps, tf.float32), tf.constant(step, tf.float32), tf.constant(steps, tf.int32))
@@ -120,13 +135,14 @@ def linf_attack(
         xb = x[i : i + batch_size].astype(np.float32, copy=False)
         yb = y[i : i + batch_size]
         adv_b, done = x_adv[i : i + batch_size], fooled[i : i + batch_size]  # views, written in place
-        for _ in range(max(restarts, 1)):
+        for _ in range(starts):
             x0 = np.clip(xb + rng.uniform(-eps, eps, size=xb.shape).astype(np.float32), 0, 1) if restarts else xb
-            adv, pred = attack(tf.constant(xb), tf.constant(yb, tf.int64), tf.constant(x0), *args)
+            adv = attack.perturb(tf.constant(xb), tf.constant(yb, tf.int64), tf.constant(x0), *args)
             keep = ~done
             adv_b[keep] = adv.numpy()[keep]
-            done |= pred.numpy() != yb
-    return x_adv, fooled
+            if track:
+                done |= attack.labels(adv).numpy() != yb
+    return x_adv, (fooled if return_fooled else None)
 
 
 def check_linf_bound(x_adv: np.ndarray, x: np.ndarray, eps: float, tol: float = 1e-6) -> dict[str, float]:
@@ -163,7 +179,7 @@ def generate_fgsm(
             parts.append(attack.generate(x=xs, y=keras.utils.to_categorical(ys, NUM_CLASSES)).astype(np.float32))
         else:
             parts.append(linf_attack(attack, xs, ys, cfg.fgsm_eps, cfg.fgsm_eps, 1,
-                                     batch_size=cfg.attack_batch_size)[0])
+                                     batch_size=cfg.attack_batch_size, return_fooled=False)[0])
         LOG.info("FGSM %s: %d/%d images", label, min(i + chunk, len(x)), len(x))
     x_adv = np.concatenate(parts) if parts else np.empty_like(x)
     elapsed = time.perf_counter() - start

@@ -109,6 +109,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="secure_ai_mnist_main.py",
         description=DESCRIPTION,
+        epilog="Classify images with a trained model: secure_ai_mnist_main.py predict --help",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for f in dataclasses.fields(Config):

@@ -78,7 +78,7 @@ def naive_cnn():
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-n", type=int, default=15000, help="training images per timed epoch")
-    parser.add_argument("--attack-n", type=int, default=2000, help="images for the FGSM comparison")
+    parser.add_argument("--attack-n", type=int, default=10000, help="images for the FGSM comparison")
     parser.add_argument("--pgd-n", type=int, default=300, help="images for the PGD-40 comparison")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")

@@ -1,0 +1,177 @@
+"""Hardened inference: ``secure_ai_mnist_main.py predict IMAGE... [--model NAME|PATH]``.
+
+Every input is validated before the model sees it (file size, decodability, 28x28 grayscale
+or an explicit --resize, dtype, value range, NaN/inf, number of inputs), and a model is
+loaded only after its SHA-256 matches the run's metrics JSON, with Keras ``safe_mode``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import NUM_CLASSES, UserError, sha256_file
+from .report import SUMMARY_FILENAME
+
+MAX_INPUTS = 64
+MAX_FILE_BYTES = 2_000_000
+MAX_DECODED_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
+MODEL_NAMES = {"baseline": "baseline", "poisoned": "poisoned", "defense": "defense_fgsm"}
+
+
+class InputError(UserError):
+    """An input file the model must not see."""
+
+
+def build_predict_parser() -> argparse.ArgumentParser:
+    from .config import _OneLineParser
+
+    parser = _OneLineParser(
+        prog="secure_ai_mnist_main.py predict",
+        description="Classify 28x28 grayscale digits (PNG/JPEG or .npy) with a model from a finished run.",
+    )
+    parser.add_argument("images", nargs="+", type=Path, help=f"input files (at most {MAX_INPUTS})")
+    parser.add_argument("--model", default="defense",
+                        help="baseline, poisoned, defense (default), or a path to a .keras file")
+    parser.add_argument("--sha256", default=None,
+                        help="expected SHA-256 of a --model PATH that the run's metrics JSON does not list")
+    parser.add_argument("--output-dir", type=Path, default=Path("secure_ai_outputs"),
+                        help="the run's output directory (models/ and the metrics JSON)")
+    parser.add_argument("--resize", action="store_true",
+                        help="convert other sizes and colour images to 28x28 grayscale instead of refusing them")
+    parser.add_argument("--check-trigger", action="store_true",
+                        help="warn when an input carries the run's corner trigger")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
+    return parser
+
+
+def _manifest(output_dir: Path) -> dict[str, Any]:
+    path = output_dir / SUMMARY_FILENAME
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise UserError(f"{path} not found: run the pipeline first or pass --output-dir") from exc
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is unreadable ({exc}); rerun the pipeline") from exc
+
+
+def resolve_model(choice: str, output_dir: Path, expected_sha256: str | None) -> tuple[Path, str]:
+    """The model file and the SHA-256 it must have (from the run manifest or --sha256)."""
+    if choice in MODEL_NAMES:
+        entry = _manifest(output_dir).get("models", {}).get(MODEL_NAMES[choice], {}).get("model_file", {})
+        if "path" not in entry or "sha256" not in entry:
+            raise UserError(f"the metrics JSON in {output_dir} lists no {choice} model; rerun the pipeline")
+        return output_dir / "models" / Path(entry["path"]).name, entry["sha256"]
+    path = Path(choice)
+    if expected_sha256 is None:
+        raise UserError(f"--model {path}: give its expected hash with --sha256 (only run models are trusted as-is)")
+    return path, expected_sha256.lower()
+
+
+def load_verified_model(path: Path, expected_sha256: str) -> Any:
+    """Load a .keras model with safe_mode after its SHA-256 matches; no pickle is involved."""
+    if not path.is_file():
+        raise UserError(f"model file {path} not found")
+    if sha256_file(path) != expected_sha256:
+        raise UserError(f"model file {path} fails its SHA-256 check (tampered or replaced); refusing to load it")
+    import keras
+
+    try:
+        return keras.models.load_model(path, safe_mode=True, compile=False)
+    except Exception as exc:  # Keras raises many types for a malformed archive
+        raise UserError(f"model file {path} cannot be loaded safely ({type(exc).__name__})") from exc
+
+
+def load_input(path: Path, resize: bool) -> np.ndarray:
+    """One input as float32 (28, 28) in [0, 1], or InputError naming the problem."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise InputError(f"{path}: {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
+    image = _load_npy(path) if path.suffix.lower() == ".npy" else _load_picture(path, resize)
+    if image.shape != (28, 28):
+        raise InputError(f"{path}: shape {image.shape}, expected 28x28 (use --resize for pictures)")
+    if not np.all(np.isfinite(image)):
+        raise InputError(f"{path}: contains NaN or infinite values")
+    if image.min() < 0.0 or image.max() > 1.0:
+        raise InputError(f"{path}: values outside [0, 1] (floats) or [0, 255] (integers)")
+    return image.astype(np.float32)
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise InputError(f"{path}: not a valid .npy array ({exc})") from exc
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "uif":
+        raise InputError(f"{path}: dtype {getattr(array, 'dtype', type(array))} is not numeric")
+    array = np.squeeze(array) if array.ndim == 3 and 1 in (array.shape[0], array.shape[-1]) else array
+    if array.dtype.kind in "ui":
+        if array.size and (array.min() < 0 or array.max() > 255):
+            raise InputError(f"{path}: integer values outside [0, 255]")
+        return array.astype(np.float32) / 255.0
+    return array.astype(np.float64)
+
+
+def _load_picture(path: Path, resize: bool) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_DECODED_PIXELS
+    try:
+        with Image.open(path) as picture:
+            picture.load()
+            if picture.format not in ("PNG", "JPEG"):
+                raise InputError(f"{path}: {picture.format} images are not accepted (PNG or JPEG only)")
+            if picture.mode != "L" or picture.size != (28, 28):
+                if not resize:
+                    raise InputError(f"{path}: {picture.size[0]}x{picture.size[1]} {picture.mode} image; "
+                                     "expected 28x28 grayscale (or pass --resize)")
+                picture = picture.convert("L").resize((28, 28), Image.Resampling.BILINEAR)
+            return np.asarray(picture, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: not a decodable PNG/JPEG image ({type(exc).__name__})") from exc
+
+
+def has_corner_trigger(image: np.ndarray, size: int, margin: int) -> bool:
+    """True when the bottom-right trigger square is (nearly) white while its surroundings are not."""
+    h, w = image.shape
+    patch = image[h - margin - size : h - margin, w - margin - size : w - margin]
+    ring = image[h - margin - size - 2 : h, w - margin - size - 2 : w].copy()
+    ring[2 : 2 + size, 2 : 2 + size] = np.nan
+    return bool(patch.min() >= 0.9 and np.nanmean(ring) < 0.5)
+
+
+def run_predict(argv: list[str]) -> int:
+    """The `predict` command: validate every input, verify and load the model, print results."""
+    import logging
+
+    log = logging.getLogger("secure_ai_mnist")
+    args = build_predict_parser().parse_args(argv)
+    if len(args.images) > MAX_INPUTS:
+        raise InputError(f"{len(args.images)} inputs given; at most {MAX_INPUTS} per call")
+    images = np.stack([load_input(p, args.resize) for p in args.images])[..., np.newaxis]
+    path, expected = resolve_model(args.model, args.output_dir, args.sha256)
+    trigger = _manifest(args.output_dir).get("backdoor", {}).get("trigger", {}) if args.check_trigger else {}
+    model = load_verified_model(path, expected)
+    probabilities = np.asarray(model.predict_on_batch(images), dtype=np.float64)
+    if probabilities.shape != (len(images), NUM_CLASSES):
+        raise UserError(f"model {path} does not output {NUM_CLASSES} class probabilities")
+    results = []
+    for file, image, probs in zip(args.images, images[..., 0], probabilities):
+        result = {"file": str(file), "label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs]}
+        if args.check_trigger:
+            result["trigger_detected"] = has_corner_trigger(image, trigger.get("size", 3), trigger.get("margin", 1))
+            if result["trigger_detected"]:
+                log.warning("%s carries the backdoor's corner trigger pattern; do not trust its label", file)
+        results.append(result)
+    if args.json:
+        print(json.dumps({"model": str(path), "model_sha256": expected, "results": results}, indent=2))
+    else:
+        for result in results:
+            print(f"{result['file']}: {result['label']} (p={max(result['probabilities']):.4f})")
+    return 0

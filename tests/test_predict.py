@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import run_script
+from PIL import Image
+
+from secure_ai_mnist import backdoor, config, data, inference
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir):
+    mnist = data.load_from_dir(mnist_dir)
+    return mnist.x_test[:3], mnist.y_test[:3]
+
+
+@pytest.fixture
+def run_copy(quick_run, tmp_path):
+    """A private copy of the quick run's outputs, safe to tamper with."""
+    out = tmp_path / "run"
+    shutil.copytree(quick_run["out"], out)
+    return out
+
+
+def one_error_line(proc) -> str:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+def test_predict_png_and_npy_agree(run_copy, digits, tmp_path):
+    images, _ = digits
+    files = []
+    for i, image in enumerate(images):
+        Image.fromarray(image, mode="L").save(tmp_path / f"d{i}.png")
+        np.save(tmp_path / f"d{i}.npy", image)
+        files += [str(tmp_path / f"d{i}.png"), str(tmp_path / f"d{i}.npy")]
+    proc = run_script("predict", *files, "--model", "baseline", "--output-dir", str(run_copy), "--json")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert len(results) == 6
+    for png, npy in zip(results[::2], results[1::2]):
+        assert png["label"] == npy["label"] == int(np.argmax(png["probabilities"]))
+        assert sum(png["probabilities"]) == pytest.approx(1.0, abs=1e-4)
+        assert png["probabilities"] == pytest.approx(npy["probabilities"], abs=1e-5)
+
+
+def test_tampered_model_is_refused(run_copy, digits, tmp_path):
+    np.save(tmp_path / "d.npy", digits[0][0])
+    model_file = run_copy / "models" / "cnn_mnist_baseline.keras"
+    raw = bytearray(model_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    model_file.write_bytes(bytes(raw))
+    line = one_error_line(run_script("predict", str(tmp_path / "d.npy"), "--model", "baseline",
+                                     "--output-dir", str(run_copy)))
+    assert "SHA-256" in line and "refusing" in line
+
+
+def test_unlisted_model_path_needs_a_hash(run_copy, digits, tmp_path):
+    np.save(tmp_path / "d.npy", digits[0][0])
+    line = one_error_line(run_script("predict", str(tmp_path / "d.npy"), "--model", str(tmp_path / "x.keras"),
+                                     "--output-dir", str(run_copy)))
+    assert "--sha256" in line
+
+
+def _bad_inputs(tmp_path):
+    cases = {}
+    (tmp_path / "garbage.png").write_bytes(b"\x89PNG not really")
+    cases["garbage.png"] = "decodable"
+    (tmp_path / "huge.npy").write_bytes(b"\0" * (inference.MAX_FILE_BYTES + 1))
+    cases["huge.npy"] = "limit"
+    np.save(tmp_path / "nan.npy", np.full((28, 28), np.nan, np.float32))
+    cases["nan.npy"] = "NaN"
+    np.save(tmp_path / "shape.npy", np.zeros((32, 32), np.float32))
+    cases["shape.npy"] = "shape"
+    np.save(tmp_path / "range.npy", np.full((28, 28), 3.0, np.float32))
+    cases["range.npy"] = "outside"
+    np.save(tmp_path / "object.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases["object.npy"] = "not a valid .npy"
+    Image.fromarray(np.zeros((28, 28, 3), np.uint8), mode="RGB").save(tmp_path / "rgb.png")
+    cases["rgb.png"] = "grayscale"
+    Image.fromarray(np.zeros((28, 28), np.uint8), mode="L").save(tmp_path / "gif.gif")
+    cases["gif.gif"] = "not accepted"
+    return cases
+
+
+def test_each_malformed_input_is_one_line_error(run_copy, tmp_path):
+    for name, expected in _bad_inputs(tmp_path).items():
+        line = one_error_line(run_script("predict", str(tmp_path / name), "--output-dir", str(run_copy)))
+        assert name in line and expected in line, line
+
+
+def test_too_many_inputs_refused(run_copy, tmp_path):
+    np.save(tmp_path / "d.npy", np.zeros((28, 28), np.float32))
+    args = [str(tmp_path / "d.npy")] * (inference.MAX_INPUTS + 1)
+    assert "at most" in one_error_line(run_script("predict", *args, "--output-dir", str(run_copy)))
+
+
+def test_resize_accepts_colour_and_trigger_check_warns(run_copy, digits, tmp_path):
+    big = np.repeat(np.repeat(digits[0][0], 2, axis=0), 2, axis=1)
+    Image.fromarray(np.stack([big] * 3, axis=-1), mode="RGB").save(tmp_path / "big.png")
+    triggered = backdoor.make_corner_trigger(digits[0][:1], 3, 1)[0]
+    np.save(tmp_path / "trig.npy", triggered)
+    proc = run_script("predict", str(tmp_path / "big.png"), str(tmp_path / "trig.npy"), "--resize",
+                      "--check-trigger", "--json", "--output-dir", str(run_copy))
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)["results"]
+    assert [r["trigger_detected"] for r in results] == [False, True]
+    assert "trigger" in proc.stderr
+
+
+def test_trigger_detector_ignores_plain_white_images():
+    cfg = config.Config()
+    assert not inference.has_corner_trigger(np.ones((28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)
+    assert not inference.has_corner_trigger(np.zeros((28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)
+    marked = backdoor.make_corner_trigger(np.zeros((1, 28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)[0]
+    assert inference.has_corner_trigger(marked, cfg.trigger_size, cfg.trigger_margin)
