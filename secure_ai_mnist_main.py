@@ -43,7 +43,11 @@ from secure_ai_mnist.common import (
 )
 from secure_ai_mnist.config import Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
-from secure_ai_mnist.evaluation import evaluate, robustness_study
+from secure_ai_mnist.evaluation import (
+    evaluate,
+    evaluate_clean_and_triggered,
+    robustness_study,
+)
 from secure_ai_mnist.inference import run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
@@ -99,10 +103,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         baseline, histories["baseline"] = cached_model(
             cache, base_key, "baseline model", lambda: train_cnn(x_train, y_train, cfg, "baseline"))
     with stage("evaluate baseline", timings):
-        evals["baseline"]["clean"], _ = evaluate(baseline, x_test, y_test, "Baseline - clean test set",
-                                                 img / "cm_baseline_clean.png", cfg)
-        evals["baseline"]["triggered"], base_trig_pred = evaluate(
-            baseline, x_test_triggered, y_test, "Baseline - triggered test set", img / "cm_baseline_triggered.png", cfg)
+        base_trig_pred = evaluate_clean_and_triggered(baseline, "baseline", "Baseline", x_test, x_test_triggered,
+                                                      y_test, evals["baseline"], img, cfg)
 
     with stage("poison and train backdoored model", timings):
         poison_idx = select_poison_indices(y_train, cfg.poison_count, cfg.target_class, poison_rng)
@@ -112,11 +114,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         poisoned, histories["poisoned"] = cached_model(
             cache, pois_key, "poisoned model", lambda: train_cnn(x_poisoned, y_poisoned, cfg, "poisoned"))
     with stage("evaluate backdoored model", timings):
-        evals["poisoned"]["clean"], _ = evaluate(poisoned, x_test, y_test, "Poisoned model - clean test set",
-                                                 img / "cm_poisoned_clean.png", cfg)
-        evals["poisoned"]["triggered"], pois_trig_pred = evaluate(
-            poisoned, x_test_triggered, y_test, "Poisoned model - triggered test set",
-            img / "cm_poisoned_triggered.png", cfg)
+        pois_trig_pred = evaluate_clean_and_triggered(poisoned, "poisoned", "Poisoned model", x_test,
+                                                      x_test_triggered, y_test, evals["poisoned"], img, cfg)
         poison_png = plot_poison_examples(x_train, x_poisoned, y_train, y_poisoned, poison_idx,
                                           img / "poison_examples.png")
 

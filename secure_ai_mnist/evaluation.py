@@ -50,6 +50,18 @@ def evaluate(
     return metrics, predictions
 
 
+def evaluate_clean_and_triggered(
+    model: keras.Model, name: str, title: str, x: np.ndarray, x_triggered: np.ndarray, y: np.ndarray,
+    into: dict[str, Any], images_dir: Path, cfg: Config,
+) -> np.ndarray:
+    """Evaluate on the clean and the triggered test set, storing both metrics in ``into``
+    ("clean", "triggered"); return the predictions on the triggered set (for the ASR)."""
+    into["clean"], _ = evaluate(model, x, y, f"{title} - clean test set", images_dir / f"cm_{name}_clean.png", cfg)
+    into["triggered"], triggered_pred = evaluate(model, x_triggered, y, f"{title} - triggered test set",
+                                                 images_dir / f"cm_{name}_triggered.png", cfg)
+    return triggered_pred
+
+
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
     """Share of (x, y) the model classifies correctly."""
     return float(np.mean(predict_probabilities(model, x, batch_size)[0].argmax(axis=1) == y)) if len(y) else float("nan")
