@@ -43,9 +43,14 @@ from secure_ai_mnist.common import (
 )
 from secure_ai_mnist.config import Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
+from secure_ai_mnist.defenses import (
+    mix_clean_and_adversarial,
+    train_per_batch_adversarial,
+)
 from secure_ai_mnist.evaluation import (
     evaluate,
     evaluate_clean_and_triggered,
+    evaluate_defense,
     robustness_study,
 )
 from secure_ai_mnist.inference import run_predict
@@ -125,7 +130,9 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         x_train_adv, fgsm_train_info = cached_arrays(
             cache, train_adv_key, "FGSM train set",
             lambda: generate_fgsm(baseline, x_train, y_train, cfg, "train set vs baseline"))
-        x_test_adv, fgsm_test_info = generate_fgsm(baseline, x_test, y_test, cfg, "test set vs baseline")
+        x_test_adv, fgsm_test_info = cached_arrays(
+            cache, cache.key("fgsm_test", model=base_key, **fgsm_key), "FGSM test set",
+            lambda: generate_fgsm(baseline, x_test, y_test, cfg, "test set vs baseline"))
     with stage("evaluate baseline on FGSM", timings):
         evals["baseline"]["fgsm"], base_fgsm_pred = evaluate(baseline, x_test_adv, y_test, "Baseline - FGSM test set",
                                                              img / "cm_baseline_fgsm.png", cfg)
@@ -135,15 +142,14 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
 
     with stage("adversarial training (clean + FGSM)", timings):
         def train_defense() -> tuple[Any, dict[str, Any]]:
-            order = mix_rng.permutation(2 * len(x_train))
-            x_mix = np.concatenate([x_train, x_train_adv])[order]
-            y_mix = np.concatenate([y_train, y_train])[order]
-            return train_cnn(x_mix, y_mix, cfg, "defense_fgsm")
+            return train_cnn(*mix_clean_and_adversarial(x_train, x_train_adv, y_train, mix_rng), cfg, "defense_fgsm")
 
         def_key = cache.key("defense_fgsm", **train_key, adversarial=train_adv_key)
         defense, histories["defense_fgsm"] = cached_model(cache, def_key, "FGSM-trained defense", train_defense)
     with stage("white-box FGSM on defense", timings):
-        x_test_adv_wb, fgsm_wb_info = generate_fgsm(defense, x_test, y_test, cfg, "test set vs defense")
+        x_test_adv_wb, fgsm_wb_info = cached_arrays(
+            cache, cache.key("fgsm_test", model=def_key, **fgsm_key), "FGSM test set vs defense",
+            lambda: generate_fgsm(defense, x_test, y_test, cfg, "test set vs defense"))
     with stage("evaluate defense", timings):
         evals["defense_fgsm"]["clean"], _ = evaluate(defense, x_test, y_test, "FGSM-trained defense - clean test set",
                                                      img / "cm_defense_clean.png", cfg)
@@ -154,9 +160,20 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
             defense, x_test_adv_wb, y_test, "Defense - FGSM crafted on defense (white-box)",
             img / "cm_defense_fgsm_whitebox.png", cfg)
 
+    nets = {"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense}
+    net_keys = {"baseline": base_key, "poisoned": pois_key, "defense_fgsm": def_key}
+    for method in cfg.per_batch_defenses:
+        name = "defense_" + method.replace("-", "_")
+        with stage(f"adversarial training, {method} per batch", timings):
+            key = net_keys[name] = cache.key(name, **train_key, eps=cfg.pgd_eps, train_steps=cfg.pgd_train_steps)
+            nets[name], histories[name] = cached_model(
+                cache, key, f"{method} defense",
+                lambda: train_per_batch_adversarial(x_train, y_train, cfg, method, name))  # noqa: B023
+        with stage(f"evaluate {name}", timings):
+            evals[name] = evaluate_defense(nets[name], name, x_test, x_test_adv, y_test, img, cfg)
+
     with stage("robustness: white-box PGD, transfer table, accuracy vs eps", timings):
-        robustness = robustness_study({"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense},
-                                      x_test, y_test, pgd_idx, cfg, pgd_rng, img)
+        robustness = robustness_study(nets, net_keys, x_test, y_test, pgd_idx, cfg, cache, img)
         for name, metrics in robustness.pop("pgd_evals").items():
             evals[name]["pgd_whitebox"] = metrics
 
@@ -165,6 +182,8 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
             "baseline": save_model(baseline, dirs["models"] / "cnn_mnist_baseline.keras"),
             "poisoned": save_model(poisoned, dirs["models"] / "cnn_mnist_poisoned.keras"),
             "defense_fgsm": save_model(defense, dirs["models"] / "cnn_mnist_defense_fgsm.keras"),
+            **{name: save_model(nets[name], dirs["models"] / f"cnn_mnist_{name}.keras")
+               for name in nets if name not in ("baseline", "poisoned", "defense_fgsm")},
         }
         curves_png = plot_training_curves(histories, img / "training_curves.png")
 

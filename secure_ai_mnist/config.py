@@ -49,7 +49,10 @@ class Config:
     fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
     attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
                                choices=("compiled", "art"))
-    pgd_eps: float = _opt(0.3, "PGD L-infinity budget")
+    defense: str = _opt("fgsm", "defenses, comma-separated: fgsm (the seed's static FGSM training set, always "
+                                "trained), fgsm-rs (FGSM from a random start per batch), pgd (PGD per batch)")
+    pgd_train_steps: int = _opt(7, "PGD steps per batch for the pgd defense")
+    pgd_eps: float = _opt(0.3, "PGD L-infinity budget (evaluation and the per-batch defenses)")
     pgd_step_size: float = _opt(0.01, "PGD step size")
     pgd_steps: int = _opt(40, "PGD iterations")
     pgd_restarts: int = _opt(1, "PGD random starts; a sample is robust only if it survives all of them")
@@ -77,6 +80,9 @@ class Config:
             (0 < self.pgd_eps <= 1, "--pgd-eps must be in (0, 1]"),
             (0 < self.pgd_step_size <= 1, "--pgd-step-size must be in (0, 1]"),
             (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
+            (self.pgd_train_steps >= 1, "--pgd-train-steps must be >= 1"),
+            (set(self.defense.split(",")) <= {"fgsm", "fgsm-rs", "pgd"},
+             "--defense takes a comma-separated list of fgsm, fgsm-rs, pgd"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
@@ -88,6 +94,11 @@ class Config:
                 raise ConfigError(message)
         if self.train_limit and self.poison_count > self.train_limit:
             raise ConfigError("--poison-count cannot exceed --train-limit")
+
+    @property
+    def per_batch_defenses(self) -> tuple[str, ...]:
+        """The requested defenses beyond the seed's fgsm, in a fixed order."""
+        return tuple(d for d in ("fgsm-rs", "pgd") if d in self.defense.split(","))
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}

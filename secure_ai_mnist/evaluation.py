@@ -15,6 +15,8 @@ from .plots import plot_confusion
 if TYPE_CHECKING:
     import keras
 
+    from .cache import StageCache
+
 def cross_entropy(probabilities: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
     """Mean categorical cross-entropy, clipped like Keras' (eps = 1e-7)."""
     p_true = np.clip(probabilities[np.arange(len(y)), y], eps, 1 - eps)
@@ -62,6 +64,21 @@ def evaluate_clean_and_triggered(
     return triggered_pred
 
 
+def evaluate_defense(
+    model: keras.Model, name: str, x: np.ndarray, x_fgsm_baseline: np.ndarray, y: np.ndarray, images_dir: Path,
+    cfg: Config,
+) -> dict[str, Any]:
+    """A defense on clean images, on FGSM crafted against the baseline, and on white-box FGSM."""
+    from .attacks import generate_fgsm
+
+    x_whitebox, _ = generate_fgsm(model, x, y, cfg, f"test set vs {name}")
+    sets = {"clean": (x, "clean test set"),
+            "fgsm_transfer_from_baseline": (x_fgsm_baseline, "FGSM crafted on baseline (transfer)"),
+            "fgsm_whitebox": (x_whitebox, "FGSM crafted on the model (white-box)")}
+    return {key: evaluate(model, images, y, f"{name} - {title}", images_dir / f"cm_{name}_{key}.png", cfg)[0]
+            for key, (images, title) in sets.items()}
+
+
 def accuracy(model: keras.Model, x: np.ndarray, y: np.ndarray, batch_size: int) -> float:
     """Share of (x, y) the model classifies correctly."""
     return float(np.mean(predict_probabilities(model, x, batch_size)[0].argmax(axis=1) == y)) if len(y) else float("nan")
@@ -78,56 +95,60 @@ def transfer_matrix(
             for source, x_adv in adversarial.items()}
 
 
-def accuracy_vs_eps(
-    models: dict[str, keras.Model], x: np.ndarray, y: np.ndarray, eps_grid: tuple[float, ...], cfg: Config,
+def eps_curve(
+    net: keras.Model, x: np.ndarray, y: np.ndarray, eps_grid: tuple[float, ...], cfg: Config,
     rng: np.random.Generator,
-) -> dict[str, Any]:
-    """White-box FGSM and PGD accuracy of each model at each eps (eps 0 = clean accuracy).
+) -> np.ndarray:
+    """White-box accuracy of ``net`` at each eps: row 0 FGSM, row 1 PGD (eps 0 = clean accuracy).
 
     PGD uses cfg.pgd_steps steps of max(cfg.pgd_step_size, 2.5 * eps / steps) from a random start,
     so every eps in the grid can be reached; one start per point.
     """
     from .attacks import linf_attack, make_linf_attack
 
-    curves: dict[str, Any] = {"eps": list(eps_grid), "n": int(len(y)), "fgsm": {}, "pgd": {}}
-    for name, net in models.items():
-        attack = make_linf_attack(net)
-        clean = accuracy(net, x, y, cfg.attack_batch_size)
-        fgsm_acc, pgd_acc = [], []
-        for eps in eps_grid:
-            if eps == 0:
-                fgsm_acc.append(clean)
-                pgd_acc.append(clean)
-                continue
-            fooled = linf_attack(attack, x, y, eps, eps, 1, batch_size=cfg.attack_batch_size)[1]
-            fgsm_acc.append(float(np.mean(~fooled)))
-            step = max(cfg.pgd_step_size, 2.5 * eps / cfg.pgd_steps)
-            fooled = linf_attack(attack, x, y, eps, step, cfg.pgd_steps, restarts=1, rng=rng,
-                                 batch_size=cfg.attack_batch_size)[1]
-            pgd_acc.append(float(np.mean(~fooled)))
-        curves["fgsm"][name], curves["pgd"][name] = fgsm_acc, pgd_acc
-        LOG.info("accuracy vs eps, %s: FGSM %s / PGD %s", name, [round(a, 3) for a in fgsm_acc],
-                 [round(a, 3) for a in pgd_acc])
-    return curves
+    attack = make_linf_attack(net)
+    clean = accuracy(net, x, y, cfg.attack_batch_size)
+    curve = np.full((2, len(eps_grid)), clean)
+    for j, eps in enumerate(eps_grid):
+        if eps == 0:
+            continue
+        fooled = linf_attack(attack, x, y, eps, eps, 1, batch_size=cfg.attack_batch_size)[1]
+        curve[0, j] = np.mean(~fooled)
+        step = max(cfg.pgd_step_size, 2.5 * eps / cfg.pgd_steps)
+        fooled = linf_attack(attack, x, y, eps, step, cfg.pgd_steps, restarts=1, rng=rng,
+                             batch_size=cfg.attack_batch_size)[1]
+        curve[1, j] = np.mean(~fooled)
+    return curve
 
 
 def robustness_study(
-    models: dict[str, keras.Model], x_test: np.ndarray, y_test: np.ndarray, subset: np.ndarray, cfg: Config,
-    rng: np.random.Generator, images_dir: Path,
+    models: dict[str, keras.Model], model_keys: dict[str, str], x_test: np.ndarray, y_test: np.ndarray,
+    subset: np.ndarray, cfg: Config, cache: StageCache, images_dir: Path,
 ) -> dict[str, Any]:
     """White-box PGD on every model, FGSM/PGD transfer tables and accuracy-vs-eps curves, all on
-    the test images ``subset`` (curves on its first cfg.curve_limit).
+    the test images ``subset`` (curves on its first cfg.curve_limit). PGD sets and curves are
+    cached per model; each model's random starts come from its own seeded generator, so a
+    cached and a fresh run agree.
 
     Returns {"pgd": ..., "transfer": ..., "accuracy_vs_eps": ..., "pgd_evals": {model: metrics}}.
     """
     from .attacks import generate_fgsm, generate_pgd
+    from .cache import cached_arrays
     from .config import EPS_GRID
+    from .model import stage_seed
     from .plots import plot_eps_curves
 
+    def rng_for(purpose: str) -> np.random.Generator:
+        return np.random.default_rng(stage_seed(cfg.seed, purpose))
+
     x_sub, y_sub = x_test[subset], y_test[subset]
+    attack_key = {"eps": cfg.pgd_eps, "step": cfg.pgd_step_size, "steps": cfg.pgd_steps,
+                  "restarts": cfg.pgd_restarts, "subset": sha256_bytes(subset.tobytes()), "seed": cfg.seed}
     pgd_info, pgd_evals, pgd_sets, fgsm_sets = {}, {}, {}, {}
     for name, net in models.items():
-        pgd_sets[name], pgd_info[name] = generate_pgd(net, x_sub, y_sub, cfg, rng, f"vs {name}")
+        pgd_sets[name], pgd_info[name] = cached_arrays(
+            cache, cache.key("pgd_set", model=model_keys[name], **attack_key), f"PGD set vs {name}",
+            lambda: generate_pgd(net, x_sub, y_sub, cfg, rng_for(f"pgd:{name}"), f"vs {name}"))  # noqa: B023
         pgd_evals[name], _ = evaluate(net, pgd_sets[name], y_sub,
                                       f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
                                       images_dir / f"cm_{name}_pgd_whitebox.png", cfg)
@@ -135,12 +156,20 @@ def robustness_study(
     transfer = {"pgd": transfer_matrix(models, pgd_sets, y_sub, cfg.attack_batch_size),
                 "fgsm": transfer_matrix(models, fgsm_sets, y_sub, cfg.attack_batch_size)}
     curve_idx = subset[: cfg.curve_limit] if cfg.curve_limit else subset
-    curve_models = {name: net for name, net in models.items() if name != "poisoned"}
-    curves = accuracy_vs_eps(curve_models, x_test[curve_idx], y_test[curve_idx], EPS_GRID, cfg, rng)
+    x_curve, y_curve = x_test[curve_idx], y_test[curve_idx]
+    curves: dict[str, Any] = {"eps": list(EPS_GRID), "n": int(len(curve_idx)), "fgsm": {}, "pgd": {}}
+    for name, net in models.items():
+        if name == "poisoned":
+            continue
+        key = cache.key("eps_curve", model=model_keys[name], grid=EPS_GRID, n=len(curve_idx), **attack_key)
+        curve, _ = cached_arrays(cache, key, f"eps curve of {name}", lambda: (  # noqa: B023
+            eps_curve(net, x_curve, y_curve, EPS_GRID, cfg, rng_for(f"curve:{name}")), {}))  # noqa: B023
+        curves["fgsm"][name], curves["pgd"][name] = [float(a) for a in curve[0]], [float(a) for a in curve[1]]
+        LOG.info("accuracy vs eps, %s: FGSM %s / PGD %s", name, [round(a, 3) for a in curve[0]],
+                 [round(a, 3) for a in curve[1]])
     curves["png"] = plot_eps_curves(curves, images_dir / "accuracy_vs_eps.png")
     return {
-        "pgd": {"n_test_images": int(len(subset)), "subset_sha256": sha256_bytes(subset.tobytes()),
-                "per_model": pgd_info},
+        "pgd": {"n_test_images": int(len(subset)), "subset_sha256": attack_key["subset"], "per_model": pgd_info},
         "transfer": {"n_test_images": int(len(subset)), "eps": {"fgsm": cfg.fgsm_eps, "pgd": cfg.pgd_eps},
                      "meaning": "accuracy[attack][crafted_on][evaluated_on]; the diagonal is white-box",
                      "accuracy": transfer},

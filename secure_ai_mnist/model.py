@@ -106,21 +106,19 @@ def train_cnn(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[ke
 
     seed_everything(stage_seed(cfg.seed, label))
     model = build_baseline_cnn(cfg.learning_rate)
+    return model, fit_and_record(model, cfg, label, len(x), x=x, y=keras.utils.to_categorical(y, NUM_CLASSES),
+                                 batch_size=cfg.batch_size, shuffle=True)
+
+
+def fit_and_record(model: keras.Model, cfg: Config, label: str, n_train: int, **fit_args: Any) -> dict[str, Any]:
+    """``model.fit(**fit_args)`` for cfg.epochs with progress logging; returns the training record."""
     start = time.perf_counter()
-    history = model.fit(
-        x,
-        keras.utils.to_categorical(y, NUM_CLASSES),
-        batch_size=cfg.batch_size,
-        epochs=cfg.epochs,
-        shuffle=True,
-        verbose=0,
-        callbacks=[_progress_callback(label, cfg.epochs)],
-    )
-    return model, {
+    history = model.fit(epochs=cfg.epochs, verbose=0, callbacks=[_progress_callback(label, cfg.epochs)], **fit_args)
+    return {
         "loss": [float(v) for v in history.history["loss"]],
         "accuracy": [float(v) for v in history.history["accuracy"]],
         "train_time_s": round(time.perf_counter() - start, 3),
-        "n_train": int(len(x)),
+        "n_train": int(n_train),
     }
 
 

@@ -113,6 +113,10 @@ def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
         "| FGSM acc (white-box) | PGD acc (white-box) |",
         "|---|---|---|---|---|---|---|",
     ]
+    for name, entry in models.items():
+        if name.startswith("defense_") and name != "defense_fgsm":
+            rows.append((name, acc(name, "clean"), None, None, acc(name, "fgsm_transfer_from_baseline"),
+                         acc(name, "fgsm_whitebox"), acc(name, "pgd_whitebox")))
     for name, *values in rows:
         lines.append("| " + " | ".join([name, *(pct(v) for v in values)]) + " |")
     return "\n".join(lines)

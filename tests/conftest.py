@@ -61,7 +61,8 @@ def mnist_dir():
 def quick_run(tmp_path_factory, mnist_dir):
     """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the tests."""
     base = tmp_path_factory.mktemp("quick")
-    args = ("--quick", "--data-dir", str(mnist_dir), "--cache-dir", str(base / "cache"))
+    args = ("--quick", "--defense", "fgsm,fgsm-rs,pgd", "--data-dir", str(mnist_dir), "--cache-dir",
+            str(base / "cache"))
     out = base / "outputs"
     proc = run_script(*args, "--output-dir", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

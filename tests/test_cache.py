@@ -51,13 +51,22 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     proc = run_script(*quick_run["args"], "--output-dir", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
-    assert set(second["cache"]["reused"]) == {"baseline model", "poisoned model", "FGSM train set",
-                                              "FGSM-trained defense"}
+    names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd"]
+    assert set(second["cache"]["reused"]) == (
+        {"baseline model", "poisoned model", "FGSM train set", "FGSM test set", "FGSM-trained defense",
+         "FGSM test set vs defense", "fgsm-rs defense", "pgd defense"} | {f"PGD set vs {n}" for n in names} | {f"eps curve of {n}" for n in names if n != "poisoned"})
+    assert second["accuracy_vs_eps"]["pgd"] == first["accuracy_vs_eps"]["pgd"]
+    assert second["transfer"] == first["transfer"]
     for model in ("baseline", "poisoned", "defense_fgsm"):
         assert second["models"][model]["eval"]["clean"]["accuracy"] == first["models"][model]["eval"]["clean"]["accuracy"]
-    # A new FGSM eps invalidates the adversarial training set and the defense, not the other models.
+    # A new FGSM eps invalidates the FGSM training set and its defense, not the other models
+    # (the per-batch defenses use --pgd-eps).
     out3 = quick_run["base"] / "eps"
     proc = run_script(*quick_run["args"], "--fgsm-eps", "0.2", "--output-dir", str(out3), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     third = json.loads((out3 / "metrics_summary_tasks5_6_7.json").read_text())
-    assert set(third["cache"]["reused"]) == {"baseline model", "poisoned model"}
+    reused = set(third["cache"]["reused"])
+    assert {h for h in reused if not h.startswith(("PGD set", "eps curve"))} == {
+        "baseline model", "poisoned model", "fgsm-rs defense", "pgd defense"}
+    assert "PGD set vs baseline" in reused and "PGD set vs defense_fgsm" not in reused
+    assert "eps curve of defense_fgsm" not in reused

@@ -88,3 +88,17 @@ def test_to_model_input_shape_and_range():
     x = data.to_model_input(np.array([[[0, 255] * 14] * 28], dtype=np.uint8))
     assert x.shape == (1, 28, 28, 1) and x.dtype == np.float32
     assert x.min() == 0.0 and x.max() == 1.0
+
+
+def test_gzipped_real_mnist_loads_and_matches_raw(mnist_dir, tmp_path):
+    raw = data.load_from_dir(mnist_dir)
+    for name in data.MNIST_RAW_SHA256:
+        source = mnist_dir / name
+        if not source.is_file():
+            pytest.skip("the cache holds mnist.npz, not raw IDX files")
+        (tmp_path / f"{name}.gz").write_bytes(gzip.compress(source.read_bytes(), compresslevel=1))
+    gz = data.load_from_dir(tmp_path)
+    assert gz.x_train.shape == (60000, 28, 28) and gz.x_test.shape == (10000, 28, 28)
+    assert gz.x_train.dtype == np.uint8 and set(np.unique(gz.y_test)) == set(range(10))
+    np.testing.assert_array_equal(gz.x_test, raw.x_test)
+    np.testing.assert_array_equal(gz.y_train, raw.y_train)
