@@ -16,10 +16,6 @@ from .model import build_baseline_cnn, fit_and_record, seed_everything, stage_se
 if TYPE_CHECKING:
     import keras
 
-# Per-batch methods: (step size as a multiple of eps, number of steps from cfg).
-PER_BATCH_DEFENSES = ("fgsm-rs", "pgd")
-
-
 def mix_clean_and_adversarial(
     x: np.ndarray, x_adv: np.ndarray, y: np.ndarray, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
