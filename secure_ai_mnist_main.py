@@ -165,7 +165,9 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     for method in cfg.per_batch_defenses:
         name = "defense_" + method.replace("-", "_")
         with stage(f"adversarial training, {method} per batch", timings):
-            key = net_keys[name] = cache.key(name, **train_key, eps=cfg.pgd_eps, train_steps=cfg.pgd_train_steps)
+            recipe = {k: v for k, v in cfg.to_json().items() if k.startswith("robust_")} if method == "robust" else {}
+            key = net_keys[name] = cache.key(name, **train_key, eps=cfg.pgd_eps, train_steps=cfg.pgd_train_steps,
+                                             **recipe)
             nets[name], histories[name] = cached_model(
                 cache, key, f"{method} defense",
                 lambda: train_per_batch_adversarial(x_train, y_train, cfg, method, name))  # noqa: B023

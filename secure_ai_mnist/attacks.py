@@ -135,13 +135,19 @@ def linf_attack(
         xb = x[i : i + batch_size].astype(np.float32, copy=False)
         yb = y[i : i + batch_size]
         adv_b, done = x_adv[i : i + batch_size], fooled[i : i + batch_size]  # views, written in place
-        for _ in range(starts):
-            x0 = np.clip(xb + rng.uniform(-eps, eps, size=xb.shape).astype(np.float32), 0, 1) if restarts else xb
-            adv = attack.perturb(tf.constant(xb), tf.constant(yb, tf.int64), tf.constant(x0), *args)
-            keep = ~done
-            adv_b[keep] = adv.numpy()[keep]
+        for start in range(starts):
+            # A fooled sample stays fooled: later starts attack only the survivors (same noise
+            # draw as attacking all of them, so results do not depend on the batch's history).
+            noise = rng.uniform(-eps, eps, size=xb.shape).astype(np.float32) if restarts else None
+            todo = np.flatnonzero(~done) if start else np.arange(len(xb))
+            if not len(todo):
+                continue
+            xs, ys = xb[todo], yb[todo]
+            x0 = np.clip(xs + noise[todo], 0, 1) if restarts else xs
+            adv = attack.perturb(tf.constant(xs), tf.constant(ys, tf.int64), tf.constant(x0), *args)
+            adv_b[todo] = adv.numpy()
             if track:
-                done |= attack.labels(adv).numpy() != yb
+                done[todo] |= attack.labels(adv).numpy() != ys
     return x_adv, (fooled if return_fooled else None)
 
 

@@ -34,6 +34,9 @@ class Config:
     no_cache: bool = _opt(False, "recompute every stage instead of reusing cached models and adversarial sets")
     offline: bool = _opt(False, "never download MNIST; fail unless --data-dir or the cache has it")
     seed: int = _opt(42, "seed for every random choice (sampling, shuffling, weight init)")
+    profile: str = _opt("standard", "robust = also train the robust defense (FGSM-RS, one-cycle lr, overfitting "
+                         "guard) and evaluate PGD on all test images with 3 restarts, unless those flags are given",
+                         choices=("standard", "robust"))
     quick: bool = _opt(
         False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200, eps curves on 50) unless those flags are given"
     )
@@ -50,8 +53,16 @@ class Config:
     attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
                                choices=("compiled", "art"))
     defense: str = _opt("fgsm", "defenses, comma-separated: fgsm (the seed's static FGSM training set, always "
-                                "trained), fgsm-rs (FGSM from a random start per batch), pgd (PGD per batch)")
+                                "trained), fgsm-rs (FGSM from a random start per batch), pgd (PGD per batch), "
+                                "robust (the robust profile's FGSM-RS recipe, see --robust-*)")
     pgd_train_steps: int = _opt(7, "PGD steps per batch for the pgd defense")
+    robust_epochs: int = _opt(12, "planned epochs of the robust defense (its one-cycle lr spans them)")
+    robust_lr: float = _opt(5e-3, "peak Adam learning rate of the robust defense's one-cycle schedule")
+    robust_ramp_epochs: float = _opt(2.0, "epochs over which the robust defense's eps ramps up from 0 (0 = none)")
+    robust_holdout: int = _opt(1000, "training images kept out of the robust defense's training to watch its "
+                                     "PGD-10 accuracy each epoch (at most a fifth of the training set)")
+    robust_budget_min: float = _opt(30.0, "the robust defense stops before an epoch that would pass this many "
+                                          "minutes of training")
     pgd_eps: float = _opt(0.3, "PGD L-infinity budget (evaluation and the per-batch defenses)")
     pgd_step_size: float = _opt(0.01, "PGD step size")
     pgd_steps: int = _opt(40, "PGD iterations")
@@ -81,8 +92,13 @@ class Config:
             (0 < self.pgd_step_size <= 1, "--pgd-step-size must be in (0, 1]"),
             (self.pgd_steps >= 1, "--pgd-steps must be >= 1"),
             (self.pgd_train_steps >= 1, "--pgd-train-steps must be >= 1"),
-            (set(self.defense.split(",")) <= {"fgsm", "fgsm-rs", "pgd"},
-             "--defense takes a comma-separated list of fgsm, fgsm-rs, pgd"),
+            (set(self.defense.split(",")) <= {"fgsm", "fgsm-rs", "pgd", "robust"},
+             "--defense takes a comma-separated list of fgsm, fgsm-rs, pgd, robust"),
+            (self.robust_epochs >= 1, "--robust-epochs must be >= 1"),
+            (self.robust_lr > 0, "--robust-lr must be > 0"),
+            (self.robust_ramp_epochs >= 0, "--robust-ramp-epochs must be >= 0"),
+            (self.robust_holdout >= 1, "--robust-holdout must be >= 1"),
+            (self.robust_budget_min > 0, "--robust-budget-min must be > 0"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
@@ -98,7 +114,7 @@ class Config:
     @property
     def per_batch_defenses(self) -> tuple[str, ...]:
         """The requested defenses beyond the seed's fgsm, in a fixed order."""
-        return tuple(d for d in ("fgsm-rs", "pgd") if d in self.defense.split(","))
+        return tuple(d for d in ("fgsm-rs", "pgd", "robust") if d in self.defense.split(","))
 
     def to_json(self) -> dict[str, Any]:
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(self).items()}
@@ -108,6 +124,7 @@ class Config:
 EPS_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1.0)
 QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10,
                   "pgd_step_size": 0.03, "curve_limit": 50}
+ROBUST_DEFAULTS = {"defense": "fgsm,robust", "pgd_limit": 0, "pgd_restarts": 3}
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -141,8 +158,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None) -> Config:
-    """Explicit flags win over --quick's defaults, which win over the dataclass defaults."""
+    """Explicit flags win over --quick's defaults, then --profile robust's, then the dataclass defaults."""
     given = vars(build_arg_parser().parse_args(argv))
-    values = dict(QUICK_DEFAULTS) if given.get("quick") else {}
+    values = dict(ROBUST_DEFAULTS) if given.get("profile") == "robust" else {}
+    if given.get("quick"):
+        values.update(QUICK_DEFAULTS)
     values.update(given)
     return Config(**values)

@@ -4,12 +4,13 @@ Wong et al. 2020; PGD, Madry et al. 2018)."""
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .attacks import make_linf_attack
-from .common import NUM_CLASSES
+from .common import LOG, NUM_CLASSES
 from .config import Config
 from .model import build_baseline_cnn, fit_and_record, seed_everything, stage_seed
 
@@ -38,10 +39,13 @@ def train_per_batch_adversarial(
     x: np.ndarray, y: np.ndarray, cfg: Config, method: str, label: str
 ) -> tuple[keras.Model, dict[str, Any]]:
     """A fresh seed CNN trained only on adversarial examples (eps = cfg.pgd_eps, random start)
-    crafted for each batch against the model's current weights. Returns (model, training record)."""
+    crafted for each batch against the model's current weights. Returns (model, training record).
+    ``method`` "robust" is the robust profile's recipe (``train_robust``)."""
     import keras
     import tensorflow as tf
 
+    if method == "robust":
+        return train_robust(x, y, cfg, label)
     seed_everything(stage_seed(cfg.seed, label))
     rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:batches"))
     model = build_baseline_cnn(cfg.learning_rate)
@@ -70,3 +74,122 @@ def train_per_batch_adversarial(
 
     record = fit_and_record(model, cfg, label, len(x), x=AdversarialBatches())
     return model, {**record, "method": method, "eps": eps, "step_size": step, "steps": steps}
+
+
+def cyclic_learning_rate(peak: float, total_steps: int) -> Any:
+    """Wong et al.'s one-cycle schedule: linear from 0 up to ``peak`` at 40% of training, then
+    linearly back to 0 at ``total_steps`` (a Keras LearningRateSchedule over optimizer steps)."""
+    import keras
+    import tensorflow as tf
+
+    class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+        def __call__(self, step: Any) -> Any:
+            t = tf.cast(step, tf.float32) / float(max(total_steps, 1))
+            return peak * tf.maximum(0.0, tf.minimum(t / 0.4, (1.0 - t) / 0.6))
+
+        def get_config(self) -> dict[str, Any]:
+            return {"peak": peak, "total_steps": total_steps}
+
+    return OneCycle()
+
+
+def split_holdout(n: int, holdout: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint (train indices, held-out indices) of range(n), drawn without replacement."""
+    order = rng.permutation(n)
+    return np.sort(order[holdout:]), np.sort(order[:holdout])
+
+
+def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[keras.Model, dict[str, Any]]:
+    """The robust profile's defense: the seed CNN trained on FGSM-RS examples (Wong et al. 2020:
+    random start in the eps ball, one step of 1.25 eps) crafted per batch inside one compiled
+    step, with a one-cycle learning rate, eps ramped up over cfg.robust_ramp_epochs, and a
+    guard against catastrophic overfitting: after each epoch, PGD-10 on cfg.robust_holdout
+    training images kept out of training; the weights with the best held-out PGD accuracy at
+    full eps are kept, and training stops when that accuracy collapses (20 points below its
+    best) or when the next epoch would pass cfg.robust_budget_min minutes.
+    Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
+    and why training stopped)."""
+    import keras
+    import tensorflow as tf
+
+    from .attacks import linf_attack, logits_model
+
+    seed_everything(stage_seed(cfg.seed, label))
+    rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:batches"))
+    train_idx, hold_idx = split_holdout(len(x), min(cfg.robust_holdout, len(x) // 5), rng)
+    x_tr, y_tr, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
+    batch = cfg.batch_size
+    steps_per_epoch = -(-len(x_tr) // batch)
+    model = build_baseline_cnn(cfg.learning_rate)
+    net = logits_model(model)
+    optimizer = keras.optimizers.Adam(learning_rate=cyclic_learning_rate(cfg.robust_lr,
+                                                                         cfg.robust_epochs * steps_per_epoch))
+    optimizer.build(net.trainable_variables)
+    image = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+
+    @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32)])
+    def adversarial_step(xb, yb, eps):
+        x0 = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
+        with tf.GradientTape() as tape:
+            tape.watch(x0)
+            attack_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, net(x0, training=False)))
+        x_adv = tf.clip_by_value(x0 + 1.25 * eps * tf.sign(tape.gradient(attack_loss, x0)), 0.0, 1.0)
+        x_adv = xb + tf.clip_by_value(x_adv - xb, -eps, eps)
+        with tf.GradientTape() as tape:
+            logits = net(x_adv, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
+        optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.float32))
+        return loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
+
+    guard_attack = make_linf_attack(model)
+    guard_rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard"))
+    record: dict[str, Any] = {"method": "fgsm-rs one-cycle (robust profile)", "eps": cfg.pgd_eps,
+                              "step_size": 1.25 * cfg.pgd_eps, "steps": 1, "lr_peak": cfg.robust_lr,
+                              "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(len(x_tr)),
+                              "n_holdout": int(len(x_hold)), "budget_min": cfg.robust_budget_min,
+                              "loss": [], "accuracy": [], "epoch_eps": [], "holdout_clean": [],
+                              "holdout_pgd10": [], "epoch_time_s": []}
+    best = (-1.0, -1, model.get_weights())
+    stop_reason = "planned epochs done"
+    start = time.perf_counter()
+    for epoch in range(cfg.robust_epochs):
+        t0 = time.perf_counter()
+        order = rng.permutation(len(x_tr))
+        loss_sum = correct = 0.0
+        for i in range(steps_per_epoch):
+            done = (epoch + i / steps_per_epoch) / max(cfg.robust_ramp_epochs, 1e-9)
+            eps = cfg.pgd_eps * min(1.0, done) if cfg.robust_ramp_epochs else cfg.pgd_eps
+            idx = order[i * batch : (i + 1) * batch]
+            step_loss, step_correct = adversarial_step(tf.constant(x_tr[idx]), tf.constant(y_tr[idx], tf.int64),
+                                                       tf.constant(eps, tf.float32))
+            loss_sum += float(step_loss)
+            correct += float(step_correct)
+        _, fooled = linf_attack(guard_attack, x_hold, y_hold, cfg.pgd_eps, 0.25 * cfg.pgd_eps, 10, restarts=1,
+                                rng=guard_rng, batch_size=cfg.attack_batch_size)
+        hold_clean = float(np.mean(guard_attack.labels(tf.constant(x_hold)).numpy() == y_hold))
+        hold_pgd = float(np.mean(~fooled))
+        for key, value in (("loss", loss_sum / len(x_tr)), ("accuracy", correct / len(x_tr)), ("epoch_eps", eps),
+                           ("holdout_clean", hold_clean), ("holdout_pgd10", hold_pgd),
+                           ("epoch_time_s", round(time.perf_counter() - t0, 3))):
+            record[key].append(value)
+        LOG.info("%s epoch %d/%d (eps %.3f): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
+                 "PGD-10 %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, record["loss"][-1],
+                 record["accuracy"][-1], hold_clean, hold_pgd, record["epoch_time_s"][-1])
+        full_eps = eps >= cfg.pgd_eps - 1e-9
+        if full_eps and hold_pgd > best[0]:
+            best = (hold_pgd, epoch, model.get_weights())
+        if full_eps and best[0] - hold_pgd > 0.2:
+            stop_reason = f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} to {hold_pgd:.3f}"
+            LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
+            break
+        elapsed = time.perf_counter() - start
+        if epoch + 1 < cfg.robust_epochs and elapsed + record["epoch_time_s"][-1] > 60 * cfg.robust_budget_min:
+            stop_reason = f"time budget: another epoch would pass {cfg.robust_budget_min} min"
+            LOG.warning("%s: stopping after epoch %d, %s", label, epoch + 1, stop_reason)
+            break
+    if best[1] >= 0:
+        model.set_weights(best[2])
+    record.update(kept_epoch=best[1] + 1, kept_holdout_pgd10=best[0], stop_reason=stop_reason,
+                  epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
+    return model, record

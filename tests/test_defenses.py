@@ -56,3 +56,35 @@ def test_quick_run_covers_every_defense(quick_run):
         assert name in summary["accuracy_vs_eps"]["pgd"]
         assert (quick_run["out"] / "models" / f"cnn_mnist_{name}.keras").is_file()
     assert summary["models"]["defense_pgd"]["training"]["method"] == "pgd"
+
+
+def test_holdout_is_disjoint_and_complete(rng):
+    train, hold = defenses.split_holdout(50, 10, rng)
+    assert len(hold) == 10 and len(train) == 40
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, hold])), np.arange(50))
+
+
+def test_one_cycle_learning_rate_peaks_at_40_percent():
+    schedule = defenses.cyclic_learning_rate(5e-3, 100)
+    values = [float(schedule(step)) for step in (0, 20, 40, 70, 100)]
+    assert values == pytest.approx([0.0, 2.5e-3, 5e-3, 2.5e-3, 0.0], abs=1e-9)
+
+
+def test_robust_training_keeps_the_best_full_eps_epoch_and_records_the_guard():
+    x, y = synthetic_digits(np.random.default_rng(3), 300)
+    cfg = config.Config(batch_size=64, robust_epochs=3, robust_ramp_epochs=1, robust_holdout=50)
+    model, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "test_robust")
+    assert record["n_train"] == 250 and record["n_holdout"] == 50
+    assert record["epochs_run"] == len(record["holdout_pgd10"]) == 3
+    assert record["epoch_eps"][0] == pytest.approx(0.3 * (1 - 1 / 4), abs=1e-6)  # last batch of the ramp epoch
+    full = [acc for acc, eps in zip(record["holdout_pgd10"], record["epoch_eps"]) if eps >= 0.3 - 1e-9]
+    assert record["kept_holdout_pgd10"] == max(full)
+    assert record["epoch_eps"][record["kept_epoch"] - 1] == pytest.approx(0.3)
+    assert model.predict_on_batch(x[:4]).shape == (4, 10)
+
+
+def test_robust_profile_presets_and_explicit_flags_win():
+    cfg = config.parse_config(["--profile", "robust"])
+    assert cfg.per_batch_defenses == ("robust",) and cfg.pgd_limit == 0 and cfg.pgd_restarts == 3
+    assert config.parse_config(["--profile", "robust", "--pgd-restarts", "1"]).pgd_restarts == 1
+    assert config.parse_config(["--profile", "robust", "--quick"]).pgd_limit == 200
