@@ -16,6 +16,7 @@ Every number written is measured in the run that writes it. The stages live in t
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -25,10 +26,14 @@ import numpy as np
 
 from secure_ai_mnist.attacks import generate_fgsm
 from secure_ai_mnist.backdoor import (
+    attack_success_rate,
     backdoor_summary,
     make_corner_trigger,
     poison_dataset,
+    poison_sweep,
+    removal_summary,
     select_poison_indices,
+    trigger_controls,
 )
 from secure_ai_mnist.cache import StageCache, cached_arrays, cached_model, code_version
 from secure_ai_mnist.common import (
@@ -44,6 +49,7 @@ from secure_ai_mnist.common import (
 from secure_ai_mnist.config import Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
 from secure_ai_mnist.defenses import (
+    detect_poison,
     mix_clean_and_adversarial,
     train_per_batch_adversarial,
 )
@@ -56,14 +62,20 @@ from secure_ai_mnist.evaluation import (
 from secure_ai_mnist.inference import run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
+    layer_output,
     predict_probabilities,
+    predicted_labels,
+    stage_seed,
     save_model,
     seed_everything,
     train_cnn,
 )
 from secure_ai_mnist.plots import (
+    plot_asr_bars,
+    plot_detection_view,
     plot_fgsm_examples,
     plot_poison_examples,
+    plot_poison_sweep,
     plot_training_curves,
 )
 from secure_ai_mnist.report import (
@@ -124,6 +136,42 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         poison_png = plot_poison_examples(x_train, x_poisoned, y_train, y_poisoned, poison_idx,
                                           img / "poison_examples.png")
 
+    with stage("backdoor: trigger controls and poison detection", timings):
+        controls = {name: trigger_controls(predicted_labels(net, cfg.attack_batch_size), x_test, y_test, cfg)
+                    for name, net in (("baseline", baseline), ("poisoned", poisoned))}
+        flags, detection = detect_poison(poisoned, x_poisoned, y_poisoned, poison_idx, cfg)
+        chosen = max(flags, key=lambda name: detection[name]["f1"])
+        in_target = y_poisoned == cfg.target_class
+        is_poison = np.isin(np.arange(len(y_poisoned)), poison_idx)
+        detection_png = plot_detection_view(
+            layer_output(poisoned, "penultimate", x_poisoned[in_target]), is_poison[in_target],
+            flags[chosen][in_target], f"Class {cfg.target_class}, penultimate activations (PCA): {chosen}",
+            img / "poison_detection_view.png")
+    with stage("retrain without the flagged samples", timings):
+        keep = ~flags[chosen]
+        cleaned_key = cache.key("poison_cleaned", **train_key, poisoned=pois_key,
+                                removed=sha256_bytes(np.flatnonzero(~keep).tobytes()))
+        cleaned, histories["poison_cleaned"] = cached_model(
+            cache, cleaned_key, "model retrained without flagged samples",
+            lambda: train_cnn(x_poisoned[keep], y_poisoned[keep], cfg, "poison_cleaned"))
+        evals["poison_cleaned"] = {}
+        cleaned_trig_pred = evaluate_clean_and_triggered(cleaned, "poison_cleaned", "Retrained without flagged samples",
+                                                         x_test, x_test_triggered, y_test, evals["poison_cleaned"], img, cfg)
+    if cfg.poison_sweep:
+        with stage("poison sweep (poison count x trigger size)", timings):
+            sweep_cfg = dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
+
+            def train_for_sweep(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
+                key = cache.key("sweep", **train_key, sweep_epochs=cfg.sweep_epochs, counts=cfg.poison_sweep,
+                                target=cfg.target_class, margin=cfg.trigger_margin, point=label)
+                net, _ = cached_model(cache, key, label, lambda: train_cnn(x, y, sweep_cfg, label))
+                return predicted_labels(net, cfg.attack_batch_size)
+
+            sweep_rows = poison_sweep(x_train, y_train, x_test, y_test, cfg,
+                                      np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_for_sweep)
+            sweep = {"epochs": cfg.sweep_epochs, "rows": sweep_rows,
+                     "png": plot_poison_sweep(sweep_rows, img / "poison_sweep_asr.png")}
+
     with stage("FGSM on baseline (train + test)", timings):
         fgsm_key = {"eps": cfg.fgsm_eps, "backend": cfg.attack_backend}
         train_adv_key = cache.key("fgsm_train", model=base_key, **fgsm_key)
@@ -183,6 +231,7 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
         model_files = {
             "baseline": save_model(baseline, dirs["models"] / "cnn_mnist_baseline.keras"),
             "poisoned": save_model(poisoned, dirs["models"] / "cnn_mnist_poisoned.keras"),
+            "poison_cleaned": save_model(cleaned, dirs["models"] / "cnn_mnist_poison_cleaned.keras"),
             "defense_fgsm": save_model(defense, dirs["models"] / "cnn_mnist_defense_fgsm.keras"),
             **{name: save_model(nets[name], dirs["models"] / f"cnn_mnist_{name}.keras")
                for name in nets if name not in ("baseline", "poisoned", "defense_fgsm")},
@@ -192,6 +241,16 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
     models = {name: {"training": histories[name], "model_file": model_files[name], "eval": evals[name]}
               for name in evals}
     backdoor = backdoor_summary(cfg, y_train, poison_idx, y_test, base_trig_pred, pois_trig_pred, poison_png)
+    backdoor["attack_success_rate"]["poison_cleaned"] = attack_success_rate(cleaned_trig_pred, y_test, cfg.target_class)
+    removal_png = plot_asr_bars({name: (evals[name]["clean"]["accuracy"], backdoor["attack_success_rate"][name])
+                                 for name in ("baseline", "poisoned", "poison_cleaned")}, img / "poison_removal_asr.png")
+    backdoor.update(
+        trigger_controls=controls,
+        detection={**detection, "goal_f1_at_least_0_9": max(detection[name]["f1"] for name in flags) >= 0.9,
+                   "png": detection_png},
+        removal=removal_summary(chosen, detection[chosen], evals, backdoor["attack_success_rate"], removal_png),
+        sweep=sweep if cfg.poison_sweep else None,
+    )
     checks = sanity_checks(models, robustness["transfer"]["accuracy"], robustness["accuracy_vs_eps"], cfg)
     table = results_table(models, backdoor)
     summary = {

@@ -2,24 +2,58 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 
-from .common import ConfigError, sha256_bytes
+from .common import LOG, ConfigError, sha256_bytes
 from .config import Config
 
 
 def make_corner_trigger(x: np.ndarray, size: int = 3, margin: int = 1) -> np.ndarray:
     """Copy of ``x`` (N, H, W[, C]) with a white ``size``x``size`` square ``margin`` pixels
     from the bottom-right corner. White is 1.0 for float images and 255 for uint8."""
+    return make_trigger(x, "square", size, margin)
+
+
+def make_trigger(x: np.ndarray, shape: str, size: int, margin: int, corner: str = "bottom-right") -> np.ndarray:
+    """Copy of ``x`` with a white trigger ``margin`` pixels from ``corner`` (bottom-right or
+    top-left): ``square`` fills size x size pixels, ``checker`` only those with an even row +
+    column sum (the same place, another shape). Only the trigger's pixels change."""
+    if shape not in ("square", "checker") or corner not in ("bottom-right", "top-left"):
+        raise ValueError(f"unknown trigger {shape!r} at {corner!r}")
     triggered = np.array(x, copy=True)
     white = 255 if triggered.dtype == np.uint8 else 1.0
     height, width = triggered.shape[1], triggered.shape[2]
-    rows = slice(height - margin - size, height - margin)
-    cols = slice(width - margin - size, width - margin)
-    triggered[:, rows, cols, ...] = white
+    top = height - margin - size if corner == "bottom-right" else margin
+    left = width - margin - size if corner == "bottom-right" else margin
+    rows, cols = np.indices((size, size))
+    mask = np.ones((size, size), bool) if shape == "square" else (rows + cols) % 2 == 0
+    triggered[:, top + rows[mask], left + cols[mask], ...] = white
     return triggered
+
+
+TRIGGER_CONTROLS = {  # name: (shape, corner) at the configured size and margin
+    "trained_trigger": ("square", "bottom-right"),
+    "other_place_top_left": ("square", "top-left"),
+    "other_shape_checker": ("checker", "bottom-right"),
+}
+
+
+def trigger_controls(
+    predict: Any, x_test: np.ndarray, y_test: np.ndarray, cfg: Config
+) -> dict[str, float]:
+    """ASR of ``predict`` (images -> labels) with the trained trigger and with each control
+    trigger of TRIGGER_CONTROLS drawn on the test set (does the backdoor generalise?)."""
+    return {name: attack_success_rate(predict(make_trigger(x_test, shape, cfg.trigger_size, cfg.trigger_margin,
+                                                           corner)), y_test, cfg.target_class)
+            for name, (shape, corner) in TRIGGER_CONTROLS.items()}
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """'0,10,25' -> (0, 10, 25); empty text -> ()."""
+    return tuple(int(part) for part in text.split(",") if part.strip())
 
 
 def select_poison_indices(y: np.ndarray, count: int, target: int, rng: np.random.Generator) -> np.ndarray:
@@ -69,4 +103,51 @@ def backdoor_summary(
         "asr_definition": "share of triggered test images whose true class is not the target that are predicted "
                           "as the target",
         "examples_png": examples_png,
+    }
+
+
+def poison_sweep(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config,
+    rng: np.random.Generator, train: Any,
+) -> list[dict[str, Any]]:
+    """Clean accuracy and ASR for each (poison count, trigger size) of cfg.poison_sweep x
+    cfg.sweep_trigger_sizes. ``train(x, y, label) -> predict`` trains a fresh model for
+    cfg.sweep_epochs epochs and returns its label function. One poison set per count, drawn
+    without replacement from ``rng`` and shared by every trigger size, so the sizes compare
+    like for like."""
+    rows = []
+    counts, sizes = parse_int_list(cfg.poison_sweep), parse_int_list(cfg.sweep_trigger_sizes)
+    picks = {count: select_poison_indices(y_train, count, cfg.target_class, rng) for count in counts}
+    for size in sizes:
+        sized = dataclasses.replace(cfg, trigger_size=size)
+        x_trig = make_corner_trigger(x_test, size, cfg.trigger_margin)
+        for count in counts:
+            x_p, y_p = poison_dataset(x_train, y_train, picks[count], sized)
+            predict = train(x_p, y_p, f"sweep_n{count}_s{size}")
+            clean = float(np.mean(predict(x_test) == y_test))
+            asr = attack_success_rate(predict(x_trig), y_test, cfg.target_class)
+            rows.append({"poison_count": count, "trigger_size": size, "poison_fraction": count / len(y_train),
+                         "clean_accuracy": clean, "attack_success_rate": asr})
+            LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f", count, size, clean, asr)
+    return rows
+
+
+def removal_summary(
+    detector: str, detection: dict[str, Any], evals: dict[str, Any], asr: dict[str, float], png: str
+) -> dict[str, Any]:
+    """The JSON record of removing ``detector``'s flagged samples and retraining, with the
+    issue's goals (ASR <= 2%, clean accuracy within 0.3 points of the baseline) as measured booleans."""
+    base = evals["baseline"]["clean"]["accuracy"]
+    after = evals["poison_cleaned"]["clean"]["accuracy"]
+    return {
+        "detector": detector,
+        "chosen_by": "higher F1 against the known poison indices",
+        "removed": detection["flagged"], "poisons_removed": detection["true_positives"],
+        "poisons_left": detection["false_negatives"], "clean_samples_removed": detection["false_positives"],
+        "clean_accuracy": after, "attack_success_rate": asr["poison_cleaned"],
+        "attack_success_rate_before_removal": asr["poisoned"], "baseline_clean_accuracy": base,
+        "clean_accuracy_change_vs_baseline_points": 100 * (after - base),
+        "goal_asr_at_most_2pct": asr["poison_cleaned"] <= 0.02,
+        "goal_clean_within_0_3_points_of_baseline": abs(100 * (after - base)) <= 0.3,
+        "png": png,
     }

@@ -13,6 +13,11 @@ from .common import NUM_CLASSES, ConfigError
 
 DESCRIPTION = "secure-ai-mnist: train, attack and defend an MNIST CNN in one reproducible run."
 
+def _int_list_ok(text: str, minimum: int) -> bool:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    return all(p.isdigit() and int(p) >= minimum for p in parts)
+
+
 def default_cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "secure-ai-mnist"
@@ -49,6 +54,12 @@ class Config:
     target_class: int = _opt(7, "label the backdoor maps triggered images to")
     trigger_size: int = _opt(3, "side of the white square trigger, in pixels")
     trigger_margin: int = _opt(1, "gap between the trigger and the bottom-right image border, in pixels")
+    poison_sweep: str = _opt("", "poison counts for the backdoor sweep, comma-separated, e.g. 0,10,25,50,100,250,500 "
+                                 "(empty = no sweep; each point trains a fresh model)")
+    sweep_trigger_sizes: str = _opt("2,3,4", "trigger sizes (pixels), comma-separated, crossed with --poison-sweep")
+    sweep_epochs: int = _opt(1, "training epochs of each poison-sweep model")
+    detection_fraction: float = _opt(0.0, "share of each class the spectral-signature detector may flag "
+                                          "(0 = 1.5 x the configured poison share of the target class)")
     fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
     attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
                                choices=("compiled", "art"))
@@ -99,6 +110,13 @@ class Config:
             (self.robust_ramp_epochs >= 0, "--robust-ramp-epochs must be >= 0"),
             (self.robust_holdout >= 1, "--robust-holdout must be >= 1"),
             (self.robust_budget_min > 0, "--robust-budget-min must be > 0"),
+            (_int_list_ok(self.poison_sweep, 0), "--poison-sweep takes comma-separated counts >= 0"),
+            (_int_list_ok(self.sweep_trigger_sizes, 1) and self.sweep_trigger_sizes.strip() != "",
+             "--sweep-trigger-sizes takes comma-separated sizes >= 1"),
+            (all(int(s) + self.trigger_margin <= 14 for s in self.sweep_trigger_sizes.split(",") if s.strip().isdigit()),
+             "--sweep-trigger-sizes must fit in a corner (size + margin <= 14)"),
+            (self.sweep_epochs >= 1, "--sweep-epochs must be >= 1"),
+            (0 <= self.detection_fraction < 1, "--detection-fraction must be in [0, 1)"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),

@@ -142,3 +142,16 @@ def predict_probabilities(model: keras.Model, x: np.ndarray, batch_size: int) ->
     start = time.perf_counter()
     outputs = [model.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)]
     return np.concatenate(outputs), time.perf_counter() - start
+
+
+def layer_output(model: keras.Model, layer: str, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Outputs of the named layer for x, inference mode, batched: (N, *layer shape)."""
+    import keras
+
+    features = keras.Model(model.inputs, model.get_layer(layer).output)
+    return np.concatenate([features.predict_on_batch(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def predicted_labels(model: keras.Model, batch_size: int) -> Any:
+    """A function images -> predicted labels (N,) for ``model``."""
+    return lambda x: np.argmax(predict_probabilities(model, x, batch_size)[0], axis=1)

@@ -108,3 +108,56 @@ def plot_eps_curves(curves: dict[str, Any], path: Path) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_detection_view(
+    activations: np.ndarray, is_poison: np.ndarray, flagged: np.ndarray, title: str, path: Path
+) -> str:
+    """The detector's view: the target class's penultimate activations projected on their two
+    principal components, clean vs poisoned (colour) and flagged by the detector (ring)."""
+    from sklearn.decomposition import PCA
+
+    plt = _pyplot()
+    points = PCA(n_components=2).fit_transform(activations) if len(activations) >= 2 else np.zeros((len(activations), 2))
+    fig, ax = plt.subplots(figsize=(6.5, 5))
+    ax.scatter(*points[~is_poison].T, s=4, alpha=0.35, color="C0", label=f"clean ({int((~is_poison).sum())})")
+    ax.scatter(*points[is_poison].T, s=14, color="C3", label=f"poisoned ({int(is_poison.sum())})")
+    ax.scatter(*points[flagged].T, s=30, facecolors="none", edgecolors="k", linewidths=0.5,
+               label=f"flagged ({int(flagged.sum())})")
+    ax.set(xlabel="principal component 1", ylabel="principal component 2", title=title)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_asr_bars(values: dict[str, tuple[float, float]], path: Path) -> str:
+    """Clean accuracy and ASR per model (bars), e.g. before and after poison removal."""
+    plt = _pyplot()
+    names = list(values)
+    positions = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.8 * len(names) + 2, 4))
+    clean = [values[n][0] for n in names]
+    asr = [values[n][1] for n in names]
+    ax.bar(positions - 0.2, clean, width=0.4, label="clean accuracy")
+    ax.bar(positions + 0.2, asr, width=0.4, label="attack success rate", color="C3")
+    for x, (c, a) in enumerate(zip(clean, asr)):
+        ax.text(x - 0.2, c + 0.01, f"{100 * c:.1f}%", ha="center", fontsize=8)
+        ax.text(x + 0.2, a + 0.01, f"{100 * a:.1f}%", ha="center", fontsize=8)
+    ax.set_xticks(positions, names)
+    ax.set(ylim=(0, 1.1), ylabel="share of test images", title="Backdoor before and after poison removal")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_poison_sweep(rows: list[dict[str, Any]], path: Path) -> str:
+    """ASR against poison count, one line per trigger size."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for size in sorted({r["trigger_size"] for r in rows}):
+        points = sorted((r["poison_count"], r["attack_success_rate"]) for r in rows if r["trigger_size"] == size)
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"trigger {size}x{size} px")
+    ax.set_xscale("symlog", linthresh=10)
+    ax.set(xlabel="poisoned training images", ylabel="attack success rate", ylim=(0, 1.02),
+           title="Backdoor attack success vs poison count")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)

@@ -15,6 +15,8 @@ from .common import NUM_CLASSES, atomic_write_bytes
 from .config import Config
 
 SCHEMA_VERSION = 1
+DETECTORS = ("activation_clustering", "spectral_signature")
+TRIGGER_CONTROL_NAMES = ("trained_trigger", "other_place_top_left", "other_shape_checker")
 SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
 
 
@@ -42,6 +44,7 @@ REQUIRED_SUMMARY_KEYS = {
 REQUIRED_EVALS = {
     "baseline": ("clean", "triggered", "fgsm", "pgd_whitebox"),
     "poisoned": ("clean", "triggered", "pgd_whitebox"),
+    "poison_cleaned": ("clean", "triggered"),
     "defense_fgsm": ("clean", "fgsm_transfer_from_baseline", "fgsm_whitebox", "pgd_whitebox"),
 }
 
@@ -70,9 +73,28 @@ def validate_summary(summary: dict[str, Any]) -> None:
                 raise ValueError(f"confusion matrix of {model_name}/{set_name} does not match n")
             if not 0.0 <= metrics["accuracy"] <= 1.0:
                 raise ValueError(f"accuracy of {model_name}/{set_name} outside [0, 1]")
-    for key in ("attack_success_rate", "poison_count", "target_class"):
-        if key not in summary["backdoor"]:
+    backdoor = summary["backdoor"]
+    for key in ("attack_success_rate", "poison_count", "target_class", "trigger_controls", "detection", "removal",
+                "sweep"):
+        if key not in backdoor:
             raise ValueError(f"summary['backdoor'][{key!r}] missing")
+    for detector in DETECTORS:
+        entry = backdoor["detection"].get(detector, {})
+        if not {"precision", "recall", "f1", "flagged", "true_positives", "false_positives"} <= entry.keys():
+            raise ValueError(f"summary['backdoor']['detection'][{detector!r}] incomplete")
+        if not all(0.0 <= entry[k] <= 1.0 for k in ("precision", "recall", "f1")):
+            raise ValueError(f"detection metrics of {detector} outside [0, 1]")
+    if backdoor["detection"].get("activations", {}).get("layer") != "penultimate":
+        raise ValueError("poison detection did not analyse the penultimate layer")
+    for model_name, rates in backdoor["trigger_controls"].items():
+        if set(rates) != set(TRIGGER_CONTROL_NAMES):
+            raise ValueError(f"trigger controls of {model_name} incomplete")
+    if not {"detector", "clean_accuracy", "attack_success_rate", "removed"} <= backdoor["removal"].keys():
+        raise ValueError("summary['backdoor']['removal'] incomplete")
+    sweep = backdoor["sweep"]
+    if sweep is not None and not all({"poison_count", "trigger_size", "clean_accuracy", "attack_success_rate"}
+                                     <= row.keys() for row in sweep.get("rows") or [{}]):
+        raise ValueError("summary['backdoor']['sweep'] rows incomplete")
 
 
 def library_versions() -> dict[str, str]:
@@ -105,6 +127,8 @@ def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
          None, acc("baseline", "fgsm"), acc("baseline", "pgd_whitebox")),
         ("poisoned", acc("poisoned", "clean"), acc("poisoned", "triggered"), asr["poisoned"], None, None,
          acc("poisoned", "pgd_whitebox")),
+        *([("poison_cleaned", acc("poison_cleaned", "clean"), acc("poison_cleaned", "triggered"),
+            asr.get("poison_cleaned"), None, None, None)] if "poison_cleaned" in models else []),
         ("defense_fgsm", acc("defense_fgsm", "clean"), None, None, acc("defense_fgsm", "fgsm_transfer_from_baseline"),
          acc("defense_fgsm", "fgsm_whitebox"), acc("defense_fgsm", "pgd_whitebox")),
     ]

@@ -61,7 +61,8 @@ def mnist_dir():
 def quick_run(tmp_path_factory, mnist_dir):
     """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the tests."""
     base = tmp_path_factory.mktemp("quick")
-    args = ("--quick", "--defense", "fgsm,fgsm-rs,pgd", "--data-dir", str(mnist_dir), "--cache-dir",
+    args = ("--quick", "--defense", "fgsm,fgsm-rs,pgd,robust", "--robust-epochs", "2", "--poison-sweep", "0,20",
+            "--sweep-trigger-sizes", "2,3", "--data-dir", str(mnist_dir), "--cache-dir",
             str(base / "cache"))
     out = base / "outputs"
     proc = run_script(*args, "--output-dir", str(out), timeout=600)

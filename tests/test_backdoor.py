@@ -49,3 +49,51 @@ def test_attack_success_rate_ignores_target_class_samples():
     y = np.array([7, 7, 1, 2, 3, 4])
     pred = np.array([7, 7, 7, 7, 3, 1])
     assert backdoor.attack_success_rate(pred, y, 7) == pytest.approx(0.5)
+
+
+def test_trigger_variants_touch_only_their_pixels(rng):
+    x = rng.uniform(0, 0.5, size=(2, 28, 28, 1)).astype(np.float32)
+    top_left = np.any(backdoor.make_trigger(x, "square", 3, 1, "top-left") != x, axis=(0, 3))
+    assert np.argwhere(top_left).tolist() == [[r, c] for r in (1, 2, 3) for c in (1, 2, 3)]
+    checker = np.any(backdoor.make_trigger(x, "checker", 3, 1) != x, axis=(0, 3))
+    assert np.argwhere(checker).tolist() == [[24, 24], [24, 26], [25, 25], [26, 24], [26, 26]]
+    with pytest.raises(ValueError):
+        backdoor.make_trigger(x, "circle", 3, 1)
+
+
+def test_trigger_controls_measure_each_variant():
+    x = np.zeros((20, 28, 28, 1), np.float32)
+    y = np.array([0, 1] * 10)
+    cfg = config.Config(target_class=7)
+
+    def only_square_bottom_right(images):  # a model whose backdoor fires on the exact trained trigger only
+        fires = images[:, 24:27, 24:27, 0].min(axis=(1, 2)) == 1.0
+        return np.where(fires, 7, 0)
+
+    rates = backdoor.trigger_controls(only_square_bottom_right, x, y, cfg)
+    assert rates == {"trained_trigger": 1.0, "other_place_top_left": 0.0, "other_shape_checker": 0.0}
+
+
+def test_poison_sweep_shares_poisons_across_sizes_and_reports_every_point(rng):
+    y = rng.integers(0, 10, size=300)
+    x = rng.uniform(0, 0.5, size=(300, 28, 28, 1)).astype(np.float32)
+    cfg = config.Config(poison_sweep="0,5,20", sweep_trigger_sizes="2,4", target_class=7)
+    seen = {}
+
+    def train(x_p, y_p, label):
+        seen[label] = np.flatnonzero(np.any(x_p != x, axis=(1, 2, 3)))
+        return lambda images: np.full(len(images), 7)  # predicts the target for everything
+
+    rows = backdoor.poison_sweep(x, y, x[:40], y[:40], cfg, rng, train)
+    assert [(r["poison_count"], r["trigger_size"]) for r in rows] == [(0, 2), (5, 2), (20, 2), (0, 4), (5, 4), (20, 4)]
+    assert all(r["attack_success_rate"] == 1.0 for r in rows)
+    assert len(seen["sweep_n20_s2"]) == 20 and len(seen["sweep_n0_s4"]) == 0
+    np.testing.assert_array_equal(seen["sweep_n5_s2"], seen["sweep_n5_s4"])
+    assert backdoor.parse_int_list("0, 10,") == (0, 10)
+
+
+def test_sweep_flags_are_validated():
+    with pytest.raises(common.ConfigError):
+        config.Config(poison_sweep="10,-5")
+    with pytest.raises(common.ConfigError):
+        config.Config(sweep_trigger_sizes="")

@@ -88,3 +88,44 @@ def test_robust_profile_presets_and_explicit_flags_win():
     assert cfg.per_batch_defenses == ("robust",) and cfg.pgd_limit == 0 and cfg.pgd_restarts == 3
     assert config.parse_config(["--profile", "robust", "--pgd-restarts", "1"]).pgd_restarts == 1
     assert config.parse_config(["--profile", "robust", "--quick"]).pgd_limit == 200
+
+
+def test_detection_metrics_on_a_planted_case():
+    is_poison = np.zeros(100, bool)
+    is_poison[:10] = True
+    flagged = np.zeros(100, bool)
+    flagged[5:20] = True  # 5 poisons found, 10 clean samples flagged, 5 poisons missed
+    m = defenses.detection_metrics(flagged, is_poison)
+    assert (m["true_positives"], m["false_positives"], m["false_negatives"], m["flagged"]) == (5, 10, 5, 15)
+    assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(0.5)
+    assert m["f1"] == pytest.approx(0.4)
+    assert defenses.detection_metrics(np.zeros(100, bool), is_poison)["f1"] == 0.0
+
+
+def test_detectors_analyse_the_penultimate_layer(tiny_model):
+    x, y = synthetic_digits(np.random.default_rng(11), 400)
+    odd = np.flatnonzero(y == 8)[:12]
+    x[odd, 20:26, 20:26, 0] = 1.0
+    y = y.copy()
+    y[odd] = 3
+    flags, info = defenses.detect_poison(tiny_model, x, y, odd, config.Config(target_class=3))
+    assert info["activations"] == {"layer": "penultimate", "dim": 128, "equal_to_model_penultimate": True}
+    assert set(flags) == {"activation_clustering", "spectral_signature"}
+    for name, flagged in flags.items():
+        assert flagged.shape == (400,) and flagged.dtype == bool
+        assert info[name]["true_positives"] + info[name]["false_positives"] == flagged.sum()
+        assert sum(info[name]["flagged_per_class"]) == flagged.sum()
+
+
+def test_silhouette_analysis_flags_only_a_small_well_separated_cluster(rng):
+    """Class 0: 90 points plus a far cluster of 10 (poison). Class 1: one blob split in halves
+    (large clusters, never poison). Class 2: a small cluster inside the blob (low silhouette:
+    the case ART 1.20.1 crashes on)."""
+    blob = rng.normal(size=(100, 2))
+    far = np.concatenate([blob[:90], rng.normal(size=(10, 2)) + 20])
+    clusters = [np.r_[np.zeros(90, int), np.ones(10, int)], (blob[:, 0] > 0).astype(int),
+                (np.arange(100) < 10).astype(int)]
+    flagged, report = defenses.silhouette_analysis(clusters, [far, blob, blob])
+    np.testing.assert_array_equal(flagged[0], np.arange(100) >= 90)
+    assert not flagged[1].any() and not flagged[2].any()
+    assert [r["suspicious"] for r in report] == [True, False, False]
