@@ -39,6 +39,7 @@ from secure_ai_mnist.cache import StageCache, cached_arrays, cached_model, code_
 from secure_ai_mnist.common import (
     LOG,
     AttackBoundError,
+    RunLog,
     ConfigError,
     UserError,
     prepare_output_dir,
@@ -79,17 +80,21 @@ from secure_ai_mnist.plots import (
     plot_training_curves,
 )
 from secure_ai_mnist.report import (
+    REPORT_FILENAME,
     SCHEMA_VERSION,
     SUMMARY_FILENAME,
     host_summary,
     library_versions,
     results_table,
+    run_bandit,
+    run_manifest,
     sanity_checks,
+    write_report,
     write_summary,
 )
 
 
-def run_pipeline(cfg: Config) -> dict[str, Any]:
+def run_pipeline(cfg: Config, command_line: list[str] | None = None) -> dict[str, Any]:
     """Run every stage in order and return the summary that was written."""
     started = time.time()
     timings: dict[str, float] = {}
@@ -278,7 +283,16 @@ def run_pipeline(cfg: Config) -> dict[str, Any]:
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
         "results_table": table,
     }
+    with stage("Bandit on this code base", timings):
+        summary["bandit"] = run_bandit()
+    written = [*(entry["path"] for entry in model_files.values()), *summary["images"].values(),
+               *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
+                             (backdoor["sweep"] or {}).get("png")) if v)]
+    summary["manifest"] = run_manifest(started, ["secure_ai_mnist_main.py", *(command_line or [])], data.sha256,
+                                       dirs["root"], written)
+    summary["report"] = str(dirs["root"] / REPORT_FILENAME)
     write_summary(summary, dirs["root"] / SUMMARY_FILENAME)
+    write_report(summary, dirs["root"] / REPORT_FILENAME)
     for check in checks.values():
         if check["passed"] is False:
             LOG.warning("sanity check failed, a robustness number is not to be trusted: %s", check["description"])
@@ -317,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     setup_logging(cfg.log_level)
-    return guarded(lambda: run_pipeline(cfg))
+    run_log = RunLog(cfg.output_dir / "run.log")
+    code = guarded(lambda: run_pipeline(cfg, argv))
+    run_log.close(succeeded=code == 0)
+    return code
 
 
 if __name__ == "__main__":

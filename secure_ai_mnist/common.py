@@ -100,3 +100,37 @@ def prepare_output_dir(output_dir: Path) -> dict[str, Path]:
     except OSError as exc:
         raise UserError(f"output directory {output_dir} is not writable ({exc.strerror}); choose another with --output-dir") from exc
     return dirs
+
+
+class RunLog:
+    """Every log record of one run, timestamped, in ``path`` (``run.log``), or beside it as
+    ``run_failed.log`` when the run fails. Records go to a hidden temporary file that is renamed
+    when the run ends, so a previous run's log is only ever replaced by a complete one. When the
+    directory cannot be written, the run goes on without a log file (and fails there anyway)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.tmp, self.handler = path, None, None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, name = tempfile.mkstemp(prefix=".run.", suffix=".log.tmp", dir=path.parent)
+            os.close(fd)
+        except OSError:
+            return
+        self.tmp = Path(name)
+        self.handler = logging.FileHandler(self.tmp, encoding="utf-8")
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%dT%H:%M:%S%z"))
+        logging.getLogger().addHandler(self.handler)
+
+    def close(self, succeeded: bool) -> Path | None:
+        """Detach the handler and rename the log into place; return its final path (or None)."""
+        if self.handler is None or self.tmp is None:
+            return None
+        logging.getLogger().removeHandler(self.handler)
+        self.handler.close()
+        final = self.path if succeeded else self.path.with_name(self.path.stem + "_failed" + self.path.suffix)
+        try:
+            os.replace(self.tmp, final)
+        except OSError:
+            self.tmp.unlink(missing_ok=True)
+            return None
+        return final

@@ -266,6 +266,9 @@ def detect_poison(
     import keras
     from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
 
+    # ART's FastICA and k-means draw from NumPy's global generator: seed it, so that the flags
+    # (and the retrained model that depends on them) do not depend on which stages ran before.
+    seed_everything(stage_seed(cfg.seed, "poison detection"))
     classifier = penultimate_classifier(model)
     y_onehot = keras.utils.to_categorical(y, NUM_CLASSES)
     probe = x[: min(len(x), 256)]

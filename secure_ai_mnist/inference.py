@@ -20,7 +20,9 @@ from .report import SUMMARY_FILENAME
 MAX_INPUTS = 64
 MAX_FILE_BYTES = 2_000_000
 MAX_DECODED_PIXELS = 4096 * 4096  # refuse decompression bombs before decoding
-MODEL_NAMES = {"baseline": "baseline", "poisoned": "poisoned", "defense": "defense_fgsm"}
+MODEL_NAMES = {"baseline": "baseline", "poisoned": "poisoned", "defense": "defense_fgsm",
+               "poison-cleaned": "poison_cleaned", "defense-fgsm-rs": "defense_fgsm_rs", "defense-pgd": "defense_pgd",
+               "defense-robust": "defense_robust"}
 
 
 class InputError(UserError):
@@ -36,7 +38,8 @@ def build_predict_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("images", nargs="+", type=Path, help=f"input files (at most {MAX_INPUTS})")
     parser.add_argument("--model", default="defense",
-                        help="baseline, poisoned, defense (default), or a path to a .keras file")
+                        help=f"{', '.join(MODEL_NAMES)} (defense = the seed's FGSM-trained model, the default; "
+                             "the per-batch defenses exist when the run trained them), or a path to a .keras file")
     parser.add_argument("--sha256", default=None,
                         help="expected SHA-256 of a --model PATH that the run's metrics JSON does not list")
     parser.add_argument("--output-dir", type=Path, default=Path("secure_ai_outputs"),

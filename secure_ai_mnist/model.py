@@ -33,6 +33,8 @@ def configure_tensorflow(threads: int) -> None:
     # ART logs its own "success rate" per call; our metrics are computed from predictions.
     logging.getLogger("art").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="PyTorch not found")
+    # ART calls Keras models with a list of one input tensor; Keras warns about the structure each time.
+    warnings.filterwarnings("ignore", message="The structure of `inputs` doesn't match the expected structure")
     # Each model gets its own compiled attack, traced once with a fixed signature; TensorFlow's
     # "retracing" heuristic counts those as repeats and warns for nothing.
     tf.get_logger().addFilter(lambda record: "triggered tf.function retracing" not in record.getMessage())

@@ -6,12 +6,16 @@ import contextlib
 import json
 import os
 import platform
+import shutil
+import subprocess  # nosec B404 - runs git and bandit with fixed argument lists, never a shell
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .common import NUM_CLASSES, atomic_write_bytes
+from .common import NUM_CLASSES, atomic_write_bytes, sha256_file
 from .config import Config
 
 SCHEMA_VERSION = 1
@@ -198,3 +202,290 @@ def write_summary(summary: dict[str, Any], path: Path) -> None:
     """Validate, then write the metrics JSON atomically."""
     validate_summary(summary)
     atomic_write_bytes(path, (json.dumps(summary, indent=2, allow_nan=False) + "\n").encode())
+
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _utc(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(timestamp))
+
+
+def _run_tool(args: list[str], timeout: float) -> subprocess.CompletedProcess | None:
+    """Run a fixed command in the project root; None when it cannot run at all."""
+    try:
+        return subprocess.run(args, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout,  # nosec B603
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def git_state() -> dict[str, Any]:
+    """The code's git commit and whether the working tree had uncommitted changes (None outside git)."""
+    git = shutil.which("git")
+    if git is None:
+        return {"commit": None, "dirty": None, "note": "git not installed"}
+    head = _run_tool([git, "rev-parse", "HEAD"], 10)
+    if head is None or head.returncode != 0:
+        return {"commit": None, "dirty": None, "note": "not a git checkout"}
+    status = _run_tool([git, "status", "--porcelain", "--untracked-files=no"], 10)
+    dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
+    return {"commit": head.stdout.strip(), "dirty": dirty}
+
+
+def run_bandit() -> dict[str, Any]:
+    """Bandit on this code base with the project's .bandit config: issue counts by severity,
+    or available False when Bandit is not installed."""
+    try:
+        from importlib import metadata
+
+        version = metadata.version("bandit")
+    except metadata.PackageNotFoundError:
+        return {"available": False, "note": "bandit is not installed; run `pip install bandit` to include it"}
+    start = time.perf_counter()
+    result = _run_tool([sys.executable, "-m", "bandit", "-q", "-r", ".", "-c", ".bandit", "-f", "json"], 300)
+    elapsed = round(time.perf_counter() - start, 3)
+    if result is None or not result.stdout.strip():
+        return {"available": True, "version": version, "ran": False, "note": "bandit did not produce a report"}
+    try:
+        findings = json.loads(result.stdout)
+    except ValueError:
+        return {"available": True, "version": version, "ran": False, "note": "bandit output was not JSON"}
+    issues = findings.get("results", [])
+    severity = {level: sum(1 for i in issues if i.get("issue_severity") == level) for level in ("HIGH", "MEDIUM", "LOW")}
+    totals = findings.get("metrics", {}).get("_totals", {})
+    return {"available": True, "version": version, "ran": True, "command": "bandit -q -r . -c .bandit",
+            "issues": len(issues), "by_severity": severity, "lines_of_code": totals.get("loc"),
+            "time_s": elapsed,
+            "findings": [f"{i.get('filename')}:{i.get('line_number')} {i.get('test_id')} {i.get('issue_text')}"
+                         for i in issues[:20]]}
+
+
+def run_manifest(started: float, command_line: list[str], data_sha256: dict[str, str], root: Path,
+                 files: list[str]) -> dict[str, Any]:
+    """Who ran what, when, on which code and data, and the SHA-256 of every file the run wrote."""
+    written = {}
+    for name in sorted(set(files)):
+        path = Path(name)
+        if path.is_file():
+            with contextlib.suppress(ValueError):
+                name = str(path.relative_to(root))
+            written[name] = sha256_file(path)
+    return {"started_utc": _utc(started), "finished_utc": _utc(time.time()), "command_line": command_line,
+            "working_directory": str(Path.cwd()), "code": git_state(), "data_sha256": data_sha256,
+            "files_sha256": written, "log_file": "run.log (run_failed.log when the run fails)"}
+
+
+REPORT_FILENAME = "REPORT.md"
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+def most_confused(matrix: list[list[int]], top: int = 3) -> list[tuple[int, int, int]]:
+    """The ``top`` largest off-diagonal cells as (true class, predicted class, count), count > 0."""
+    cells = [(count, t, p) for t, row in enumerate(matrix) for p, count in enumerate(row) if t != p and count > 0]
+    return [(t, p, count) for count, t, p in sorted(cells, key=lambda c: (-c[0], c[1], c[2]))[:top]]
+
+
+def backdoor_strength(asr: float) -> str:
+    """Words for an ASR: strong (>= 90%), partial (>= 50%), weak (>= 10%), absent."""
+    return "strong" if asr >= 0.9 else "partial" if asr >= 0.5 else "weak" if asr >= 0.1 else "absent"
+
+
+def _image(summary_root: Path, path: str, alt: str) -> str:
+    with contextlib.suppress(ValueError):
+        path = str(Path(path).resolve().relative_to(summary_root.resolve()))
+    return f"![{alt}]({path})"
+
+
+def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) -> str:
+    """REPORT.md text. Every number is read from ``summary`` (the run's metrics JSON); every
+    sentence that judges a number states the rule it applies."""
+    models, backdoor, manifest = summary["models"], summary["backdoor"], summary.get("manifest", {})
+    code = manifest.get("code", {})
+    img = summary["images"]
+    lines = [
+        "# secure-ai-mnist run report",
+        "",
+        f"Generated from `{SUMMARY_FILENAME}` of the run that started {manifest.get('started_utc', 'n/a')} and "
+        f"finished {manifest.get('finished_utc', 'n/a')}: git commit `{code.get('commit') or 'unknown'}`"
+        + (" (with uncommitted changes)" if code.get("dirty") else "") + ", command "
+        f"`{' '.join(manifest.get('command_line', []))}`. "
+        f"Data: {summary['data']['n_train']} training and {summary['data']['n_test']} test images of MNIST "
+        f"({summary['data']['source']}). Nothing below is typed in by hand: it is all read from that JSON.",
+        "",
+        "## 0. Deliverables map",
+        "",
+        "| deliverable | file |",
+        "|---|---|",
+        f"| metrics summary (all numbers, run manifest) | `{SUMMARY_FILENAME}` |",
+        "| this report | `REPORT.md` |",
+        "| run log with timestamps | `run.log` |",
+        *(f"| model: {name} | `models/{Path(entry['model_file']['path']).name}` |" for name, entry in models.items()),
+        f"| figures | `images/` ({len(img)} PNG files, each listed with its SHA-256 in the manifest) |",
+        "| threat model (STRIDE) | `THREAT_MODEL.md` in the repository, repeated in section 3 |",
+        "",
+        "## 1. Repositories and environment",
+        "",
+        f"- Code: git commit `{code.get('commit') or 'unknown'}`; library versions: "
+        + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()) + ".",
+        f"- Host: {summary['host'].get('platform')}, {summary['host'].get('cpu_count')} CPUs.",
+        "- Data files (SHA-256 verified against the hashes held in the code): "
+        + ", ".join(f"`{name}` {digest[:16]}..." for name, digest in summary["data"]["sha256"].items()) + ".",
+        f"- Wall time of the run: {summary['timings_s']['total']:.0f} s.",
+        "",
+        "## 2. Clean metrics",
+        "",
+        "| model | clean accuracy | loss | inference (ms per image) | training time (s) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in models.items():
+        clean = entry["eval"]["clean"]
+        lines.append(f"| {name} | {_pct(clean['accuracy'])} | {clean['loss']:.4f} | "
+                     f"{clean['inference_time_per_sample_ms']:.3f} | {entry['training'].get('train_time_s', 0):.0f} |")
+    confused = most_confused(models["baseline"]["eval"]["clean"]["confusion_matrix"])
+    lines += [
+        "",
+        "Most confused classes of the baseline on the clean test set (true -> predicted, count): "
+        + (", ".join(f"{t} -> {p} ({c})" for t, p, c in confused) or "none") + ".",
+        "",
+        _image(root, img["cm_baseline_clean"], "baseline confusion matrix"),
+        "",
+        _image(root, img["training_curves"], "training curves"),
+        "",
+        "## 3. Threat model (STRIDE) and Bandit",
+        "",
+    ]
+    if threat_model:
+        body = threat_model.split("\n", 1)[1] if threat_model.startswith("# ") else threat_model
+        lines += [body.strip(), ""]
+    else:
+        lines += ["THREAT_MODEL.md was not found beside the code, so it is not repeated here.", ""]
+    bandit = summary.get("bandit", {})
+    if not bandit.get("available"):
+        lines.append(f"Bandit: not run in this run ({bandit.get('note', 'not installed')}).")
+    elif not bandit.get("ran"):
+        lines.append(f"Bandit {bandit.get('version')}: could not run ({bandit.get('note')}).")
+    else:
+        sev = bandit["by_severity"]
+        lines.append(f"Bandit {bandit['version']} (`{bandit['command']}`, run during this run): {bandit['issues']} "
+                     f"issues (high {sev['HIGH']}, medium {sev['MEDIUM']}, low {sev['LOW']}) in "
+                     f"{bandit.get('lines_of_code')} lines of code.")
+        lines += [f"- {finding}" for finding in bandit.get("findings", [])]
+    fgsm, pgd_cfg = summary["fgsm"], summary["config"]
+    lines += [
+        "",
+        "## 4. Adversarial data generation",
+        "",
+        f"- Backdoor: {backdoor['poison_count']} training images ({_pct(backdoor['poison_fraction'])}) get a white "
+        f"{backdoor['trigger']['size']}x{backdoor['trigger']['size']} square {backdoor['trigger']['margin']} px from the "
+        f"bottom-right corner and the label {backdoor['target_class']}.",
+        f"- FGSM ({fgsm['library']}): L-inf, eps {fgsm['eps']}, true labels; {fgsm['train_vs_baseline']['n']} training "
+        f"and {fgsm['test_vs_baseline']['n']} test images against the baseline; largest perturbation measured "
+        f"{fgsm['test_vs_baseline']['bound_check']['max_linf']:.6f}.",
+        f"- PGD: L-inf, eps {pgd_cfg['pgd_eps']}, step {pgd_cfg['pgd_step_size']}, {pgd_cfg['pgd_steps']} steps, "
+        f"{pgd_cfg['pgd_restarts']} random start(s), white-box against every model on "
+        f"{summary['pgd']['n_test_images']} test images.",
+        "",
+        _image(root, img["poison_examples"], "poisoned training examples"),
+        "",
+        _image(root, img["fgsm_examples"], "FGSM examples"),
+        "",
+        "## 5. Adversarial metrics",
+        "",
+        summary["results_table"],
+        "",
+        _image(root, summary["accuracy_vs_eps"]["png"], "accuracy vs eps"),
+        "",
+        "Sanity checks (a failed check means a robustness number is not to be trusted):",
+        "",
+        *(f"- {'PASS' if c['passed'] else 'n/a' if c['passed'] is None else 'FAIL'}: {c['description']}"
+          for c in summary["sanity_checks"].values()),
+        "",
+        "### Backdoor: controls, detection, removal",
+        "",
+        "Attack success rate (ASR: triggered test images of other classes predicted as the target) by trigger:",
+        "",
+        "| model | " + " | ".join(TRIGGER_CONTROL_NAMES) + " |",
+        "|---|" + "---|" * len(TRIGGER_CONTROL_NAMES),
+        *(f"| {name} | " + " | ".join(_pct(rates[k]) for k in TRIGGER_CONTROL_NAMES) + " |"
+          for name, rates in backdoor["trigger_controls"].items()),
+        "",
+        f"Detectors on the poisoned model's `{backdoor['detection']['activations']['layer']}` layer "
+        f"({backdoor['detection']['activations']['dim']} units), scored against the known poison indices:",
+        "",
+        "| detector | flagged | poisons found | clean flagged | precision | recall | F1 |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {name} | {d['flagged']} | {d['true_positives']} | {d['false_positives']} | {d['precision']:.3f} | "
+          f"{d['recall']:.3f} | {d['f1']:.3f} |" for name, d in backdoor["detection"].items() if name in DETECTORS),
+        "",
+        _image(root, backdoor["detection"]["png"], "detector view"),
+        "",
+    ]
+    removal = backdoor["removal"]
+    lines += [
+        f"Removing the {removal['removed']} samples flagged by {removal['detector']} (the detector with the higher F1) "
+        f"removed {removal['poisons_removed']} of the poisons and left {removal['poisons_left']}; the retrained model "
+        f"has clean accuracy {_pct(removal['clean_accuracy'])} "
+        f"({removal['clean_accuracy_change_vs_baseline_points']:+.2f} points against the baseline) and ASR "
+        f"{_pct(removal['attack_success_rate'])} (before removal {_pct(removal['attack_success_rate_before_removal'])}).",
+        "",
+        _image(root, removal["png"], "ASR before and after removal"),
+        "",
+    ]
+    if backdoor.get("sweep"):
+        sweep = backdoor["sweep"]
+        lines += [f"Poison sweep ({sweep['epochs']} training epoch(s) per point):", "",
+                  "| poisons | trigger size | clean accuracy | ASR |", "|---|---|---|---|",
+                  *(f"| {r['poison_count']} | {r['trigger_size']} | {_pct(r['clean_accuracy'])} | "
+                    f"{_pct(r['attack_success_rate'])} |" for r in sweep["rows"]),
+                  "", _image(root, sweep["png"], "ASR vs poison count"), ""]
+    lines += ["## 6. Conclusions", "", *conclusions(summary)]
+    return "\n".join(lines) + "\n"
+
+
+def conclusions(summary: dict[str, Any]) -> list[str]:
+    """Observations derived from the numbers, each stating its rule."""
+    models, backdoor = summary["models"], summary["backdoor"]
+    asr = backdoor["attack_success_rate"]
+
+    def acc(model: str, test_set: str) -> float | None:
+        return models.get(model, {}).get("eval", {}).get(test_set, {}).get("accuracy")
+
+    out = [f"- The backdoor is {backdoor_strength(asr['poisoned'])} by its ASR of {_pct(asr['poisoned'])} "
+           f"(rule: strong >= 90%, partial >= 50%, weak >= 10%); the clean baseline's ASR with the same trigger is "
+           f"{_pct(asr['baseline'])}, and the poisoned model's clean accuracy is {_pct(acc('poisoned', 'clean'))} "
+           f"against the baseline's {_pct(acc('baseline', 'clean'))}."]
+    cost = 100 * (acc("defense_fgsm", "clean") - acc("baseline", "clean"))
+    moved, whitebox = acc("defense_fgsm", "fgsm_transfer_from_baseline"), acc("defense_fgsm", "fgsm_whitebox")
+    verdict = ("so the transferred number overstates its robustness (rule: white-box more than 5 points below transfer)"
+               if whitebox < moved - 0.05 else "within 5 points of the transferred number")
+    out.append(f"- FGSM adversarial training changes clean accuracy by {cost:+.2f} points. Against FGSM crafted on "
+               f"the baseline it scores {_pct(moved)}; against FGSM crafted on itself {_pct(whitebox)}, {verdict}; "
+               f"against white-box PGD {_pct(acc('defense_fgsm', 'pgd_whitebox'))}.")
+    for name in models:
+        if name.startswith("defense_") and name != "defense_fgsm":
+            out.append(f"- {name}: clean {_pct(acc(name, 'clean'))}, white-box FGSM {_pct(acc(name, 'fgsm_whitebox'))}"
+                       f", white-box PGD {_pct(acc(name, 'pgd_whitebox'))}.")
+    detection = backdoor["detection"]
+    best = max(DETECTORS, key=lambda d: detection[d]["f1"])
+    out.append(f"- Poison detection: the better detector, {best}, reached F1 {detection[best]['f1']:.3f}; the goal "
+               f"(F1 >= 0.9) was {'met' if detection['goal_f1_at_least_0_9'] else 'not met'}.")
+    removal = backdoor["removal"]
+    out.append(f"- After removal and retraining, ASR is {_pct(removal['attack_success_rate'])} (goal <= 2%: "
+               f"{'met' if removal['goal_asr_at_most_2pct'] else 'not met'}) and clean accuracy moved "
+               f"{removal['clean_accuracy_change_vs_baseline_points']:+.2f} points from the baseline (goal within 0.3: "
+               f"{'met' if removal['goal_clean_within_0_3_points_of_baseline'] else 'not met'}).")
+    failed = [c["description"] for c in summary["sanity_checks"].values() if c["passed"] is False]
+    out.append(f"- Sanity checks: {len(summary['sanity_checks']) - len(failed)} of {len(summary['sanity_checks'])} "
+               "passed or did not apply." + (" Failed: " + "; ".join(failed) + "." if failed else ""))
+    return out
+
+
+def write_report(summary: dict[str, Any], path: Path) -> None:
+    """Write REPORT.md atomically beside the metrics JSON."""
+    threat = PROJECT_ROOT / "THREAT_MODEL.md"
+    text = threat.read_text(encoding="utf-8") if threat.is_file() else None
+    atomic_write_bytes(path, build_report(summary, path.parent, text).encode("utf-8"))

@@ -51,10 +51,16 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     proc = run_script(*quick_run["args"], "--output-dir", str(out), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
-    names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd"]
+    names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd", "defense_robust"]
+    backdoor_stages = {"model retrained without flagged samples", "sweep_n0_s2", "sweep_n20_s2", "sweep_n0_s3",
+                       "sweep_n20_s3"}
     assert set(second["cache"]["reused"]) == (
         {"baseline model", "poisoned model", "FGSM train set", "FGSM test set", "FGSM-trained defense",
-         "FGSM test set vs defense", "fgsm-rs defense", "pgd defense"} | {f"PGD set vs {n}" for n in names} | {f"eps curve of {n}" for n in names if n != "poisoned"})
+         "FGSM test set vs defense", "fgsm-rs defense", "pgd defense", "robust defense"} | backdoor_stages
+        | {f"PGD set vs {n}" for n in names} | {f"eps curve of {n}" for n in names if n != "poisoned"})
+    for detector in ("activation_clustering", "spectral_signature"):  # seeded: the same flags on a rerun
+        for key in ("flagged", "true_positives", "false_positives", "f1"):
+            assert second["backdoor"]["detection"][detector][key] == first["backdoor"]["detection"][detector][key]
     assert second["accuracy_vs_eps"]["pgd"] == first["accuracy_vs_eps"]["pgd"]
     assert second["transfer"] == first["transfer"]
     for model in ("baseline", "poisoned", "defense_fgsm"):
@@ -67,6 +73,6 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     third = json.loads((out3 / "metrics_summary_tasks5_6_7.json").read_text())
     reused = set(third["cache"]["reused"])
     assert {h for h in reused if not h.startswith(("PGD set", "eps curve"))} == {
-        "baseline model", "poisoned model", "fgsm-rs defense", "pgd defense"}
+        "baseline model", "poisoned model", "fgsm-rs defense", "pgd defense", "robust defense"} | backdoor_stages
     assert "PGD set vs baseline" in reused and "PGD set vs defense_fgsm" not in reused
     assert "eps curve of defense_fgsm" not in reused

@@ -71,3 +71,50 @@ def test_sanity_checks_flag_a_planted_violation(quick_run):
     # Different eps for PGD and FGSM: the comparison does not apply.
     assert report.sanity_checks(models, bad, bad_curves, Config(pgd_eps=0.2))[
         "pgd_not_weaker_than_fgsm_a"]["passed"] is None
+
+
+def test_manifest_hashes_every_written_file_and_records_the_run(quick_run):
+    from secure_ai_mnist.common import sha256_file
+
+    summary = json.loads(quick_run["json"].read_text())
+    manifest = summary["manifest"]
+    assert manifest["started_utc"] <= manifest["finished_utc"]
+    assert manifest["command_line"][0] == "secure_ai_mnist_main.py" and "--quick" in manifest["command_line"]
+    assert manifest["data_sha256"] == summary["data"]["sha256"]
+    files = manifest["files_sha256"]
+    pngs = list((quick_run["out"] / "images").glob("*.png"))
+    models = list((quick_run["out"] / "models").glob("*.keras"))
+    assert len(files) == len(pngs) + len(models)
+    for path in pngs + models:
+        assert files[str(path.relative_to(quick_run["out"]))] == sha256_file(path)
+    assert len(manifest["code"].get("commit") or "0" * 40) == 40
+
+
+def test_run_log_has_timestamps_and_the_whole_run(quick_run):
+    log = (quick_run["out"] / "run.log").read_text()
+    first = log.splitlines()[0]
+    assert first[:4].isdigit() and "T" in first[:20]
+    assert "== train baseline" in log and "wrote " in log
+
+
+def test_report_is_built_from_the_json(quick_run):
+    summary = json.loads(quick_run["json"].read_text())
+    text = (quick_run["out"] / report.REPORT_FILENAME).read_text()
+    for section in ("## 0. Deliverables map", "## 2. Clean metrics", "## 3. Threat model (STRIDE) and Bandit",
+                    "## 5. Adversarial metrics", "## 6. Conclusions"):
+        assert section in text
+    assert summary["results_table"] in text
+    assert "Bandit 1." in text or "Bandit: not run" in text
+    for target in __import__("re").findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
+        assert (quick_run["out"] / target).is_file(), f"report links a missing figure {target}"
+    # The judgement follows the number: the same run with a 55% ASR reads "partial".
+    summary["backdoor"]["attack_success_rate"]["poisoned"] = 0.55
+    rebuilt = report.build_report(summary, quick_run["out"], None)
+    assert "The backdoor is partial by its ASR of 55.00%" in rebuilt
+    assert "THREAT_MODEL.md was not found" in rebuilt
+
+
+def test_most_confused_and_strength_rules():
+    matrix = [[5, 2, 0], [0, 7, 9], [1, 0, 3]]
+    assert report.most_confused(matrix) == [(1, 2, 9), (0, 1, 2), (2, 0, 1)]
+    assert [report.backdoor_strength(v) for v in (0.95, 0.6, 0.2, 0.01)] == ["strong", "partial", "weak", "absent"]
