@@ -39,7 +39,7 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
         assert info["bound_check"]["max_linf"] <= summary["config"]["pgd_eps"] + 1e-6
         assert info["robust_accuracy"] == pytest.approx(summary["models"][name]["eval"]["pgd_whitebox"]["accuracy"])
     assert all(c["passed"] in (True, False, None) for c in summary["sanity_checks"].values())
-    names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd"]
+    names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd", "defense_robust"]
     for attack in ("fgsm", "pgd"):
         table = summary["transfer"]["accuracy"][attack]
         assert sorted(table) == sorted(names) and all(sorted(row) == sorted(names) for row in table.values())

@@ -47,7 +47,7 @@ def test_interrupted_run_leaves_previous_outputs_intact(quick_run, tmp_path):
         if "== train baseline ..." in line:
             proc.send_signal(signal.SIGINT)
             break
-    rest, _ = proc.communicate(timeout=120)
+    _, rest = proc.communicate(timeout=120)
     stderr = "".join(seen) + rest
     assert proc.returncode == 130, stderr[-2000:]
     assert "Traceback" not in stderr
