@@ -80,6 +80,7 @@ from secure_ai_mnist.plots import (
     plot_training_curves,
 )
 from secure_ai_mnist.report import (
+    DETECTORS,
     REPORT_FILENAME,
     SCHEMA_VERSION,
     SUMMARY_FILENAME,
@@ -144,7 +145,14 @@ def run_pipeline(cfg: Config, command_line: list[str] | None = None) -> dict[str
     with stage("backdoor: trigger controls and poison detection", timings):
         controls = {name: trigger_controls(predicted_labels(net, cfg.attack_batch_size), x_test, y_test, cfg)
                     for name, net in (("baseline", baseline), ("poisoned", poisoned))}
-        flags, detection = detect_poison(poisoned, x_poisoned, y_poisoned, poison_idx, cfg)
+        def run_detectors() -> tuple[np.ndarray, dict[str, Any]]:
+            found, info = detect_poison(poisoned, x_poisoned, y_poisoned, poison_idx, cfg)
+            return np.stack([found[name] for name in DETECTORS]), info
+
+        flag_rows, detection = cached_arrays(
+            cache, cache.key("poison_detection", poisoned=pois_key, fraction=cfg.detection_fraction),
+            "poison detection flags", run_detectors)
+        flags = {name: flag_rows[i].astype(bool) for i, name in enumerate(DETECTORS)}
         chosen = max(flags, key=lambda name: detection[name]["f1"])
         in_target = y_poisoned == cfg.target_class
         is_poison = np.isin(np.arange(len(y_poisoned)), poison_idx)

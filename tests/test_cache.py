@@ -52,7 +52,7 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
     names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd", "defense_robust"]
-    backdoor_stages = {"model retrained without flagged samples", "sweep_n0_s2", "sweep_n20_s2", "sweep_n0_s3",
+    backdoor_stages = {"poison detection flags", "model retrained without flagged samples", "sweep_n0_s2", "sweep_n20_s2", "sweep_n0_s3",
                        "sweep_n20_s3"}
     assert set(second["cache"]["reused"]) == (
         {"baseline model", "poisoned model", "FGSM train set", "FGSM test set", "FGSM-trained defense",
