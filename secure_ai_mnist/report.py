@@ -220,15 +220,20 @@ def _run_tool(args: list[str], timeout: float) -> subprocess.CompletedProcess | 
         return None
 
 
-def git_state() -> dict[str, Any]:
-    """The code's git commit and whether the working tree had uncommitted changes (None outside git)."""
+def git_state(outputs: Path | None = None) -> dict[str, Any]:
+    """The code's git commit and whether the working tree had uncommitted changes (None outside
+    git). ``outputs`` (the run's output directory) is left out: the run itself rewrites it."""
     git = shutil.which("git")
     if git is None:
         return {"commit": None, "dirty": None, "note": "git not installed"}
     head = _run_tool([git, "rev-parse", "HEAD"], 10)
     if head is None or head.returncode != 0:
         return {"commit": None, "dirty": None, "note": "not a git checkout"}
-    status = _run_tool([git, "status", "--porcelain", "--untracked-files=no"], 10)
+    exclude = []
+    if outputs is not None:
+        with contextlib.suppress(ValueError):
+            exclude = [f":(exclude){outputs.resolve().relative_to(PROJECT_ROOT)}"]
+    status = _run_tool([git, "status", "--porcelain", "--untracked-files=no", "--", ".", *exclude], 10)
     dirty = None if status is None or status.returncode != 0 else bool(status.stdout.strip())
     return {"commit": head.stdout.strip(), "dirty": dirty}
 
@@ -272,7 +277,7 @@ def run_manifest(started: float, command_line: list[str], data_sha256: dict[str,
                 name = str(path.relative_to(root))
             written[name] = sha256_file(path)
     return {"started_utc": _utc(started), "finished_utc": _utc(time.time()), "command_line": command_line,
-            "working_directory": str(Path.cwd()), "code": git_state(), "data_sha256": data_sha256,
+            "working_directory": str(Path.cwd()), "code": git_state(root), "data_sha256": data_sha256,
             "files_sha256": written, "log_file": "run.log (run_failed.log when the run fails)"}
 
 
