@@ -1,17 +1,17 @@
 #!/usr/bin/env python3
 """secure-ai-mnist: train, attack and defend an MNIST CNN in one reproducible run.
 
-Pipeline (``python secure_ai_mnist_main.py``):
+Pipeline (``python secure_ai_mnist_main.py``), declared in ``pipeline`` below:
   1. load the real MNIST (60,000 train / 10,000 test), SHA-256 verified;
   2. train the baseline CNN and evaluate it;
-  3. plant a corner-trigger backdoor through poisoned training data;
+  3. plant a corner-trigger backdoor through poisoned training data, detect and remove it;
   4. craft FGSM adversarial examples;
   5. adversarially train a fresh CNN and evaluate it (transferred and white-box FGSM);
   6. white-box PGD on every model, transfer tables, accuracy-vs-eps curves, sanity checks;
   7. write plots, models and ``metrics_summary_tasks5_6_7.json``.
 ``python secure_ai_mnist_main.py predict IMAGE...`` classifies images with a verified model.
-Every number written is measured in the run that writes it. The stages live in the
-``secure_ai_mnist`` package; this file is the pipeline's table of contents.
+Every number written is measured in the run that writes it. The stage functions below are
+thin: they pick their inputs and call the ``secure_ai_mnist`` package, where the science lives.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from secure_ai_mnist.attacks import generate_fgsm
+from secure_ai_mnist.attacks import generate_fgsm, generate_pgd
 from secure_ai_mnist.backdoor import (
     attack_success_rate,
     backdoor_summary,
@@ -35,40 +35,31 @@ from secure_ai_mnist.backdoor import (
     select_poison_indices,
     trigger_controls,
 )
-from secure_ai_mnist.cache import StageCache, cached_arrays, cached_model, code_version
+from secure_ai_mnist.cache import StageCache, code_version
 from secure_ai_mnist.common import (
     LOG,
     AttackBoundError,
-    RunLog,
     ConfigError,
+    RunLog,
     UserError,
     prepare_output_dir,
     setup_logging,
     sha256_bytes,
     stage,
 )
-from secure_ai_mnist.config import Config, parse_config
+from secure_ai_mnist.config import EPS_GRID, Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
-from secure_ai_mnist.defenses import (
-    detect_poison,
-    mix_clean_and_adversarial,
-    train_per_batch_adversarial,
-)
-from secure_ai_mnist.evaluation import (
-    evaluate,
-    evaluate_clean_and_triggered,
-    evaluate_defense,
-    robustness_study,
-)
+from secure_ai_mnist.defenses import detect_poison, mix_clean_and_adversarial, train_per_batch_adversarial
+from secure_ai_mnist.evaluation import eps_curve, evaluate, evaluate_clean_and_triggered, evaluate_defense, robustness_tables
 from secure_ai_mnist.inference import run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
     layer_output,
     predict_probabilities,
     predicted_labels,
-    stage_seed,
     save_model,
     seed_everything,
+    stage_seed,
     train_cnn,
 )
 from secure_ai_mnist.plots import (
@@ -93,219 +84,377 @@ from secure_ai_mnist.report import (
     write_report,
     write_summary,
 )
+from secure_ai_mnist.stages import Runner, Stage, StageInputs
+
+TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
+TRIGGER = ("poison_count", "target_class", "trigger_size", "trigger_margin", "seed")
+FGSM = ("fgsm_eps", "attack_backend")
+PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
+ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
 
 
-def run_pipeline(cfg: Config, command_line: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage in order and return the summary that was written."""
-    started = time.time()
-    timings: dict[str, float] = {}
-    dirs = prepare_output_dir(cfg.output_dir)
-    img = dirs["images"]
-    cache = StageCache(None if cfg.no_cache else cfg.cache_dir / "stages", code_version())
+# ---- stage functions: (cfg, inputs) -> result ----------------------------------------------
 
-    with stage("load data, start TensorFlow", timings):
-        data = load_mnist(cfg)  # before TensorFlow starts, so a data error costs no start-up time
-        configure_tensorflow(cfg.threads)
-        subset_rng, poison_rng, mix_rng, pgd_rng = seed_everything(cfg.seed).spawn(4)
-        train_idx = sample_subset(len(data.y_train), cfg.train_limit, subset_rng)
-        test_idx = sample_subset(len(data.y_test), cfg.test_limit, subset_rng)
-        x_train, y_train = to_model_input(data.x_train[train_idx]), data.y_train[train_idx]
-        x_test, y_test = to_model_input(data.x_test[test_idx]), data.y_test[test_idx]
-        pgd_idx = sample_subset(len(y_test), cfg.pgd_limit, pgd_rng)
-        LOG.info("MNIST from %s: %d train / %d test images", data.source, len(y_train), len(y_test))
-    data_key = {"sha256": data.sha256, "train_idx": sha256_bytes(train_idx.tobytes()),
-                "test_idx": sha256_bytes(test_idx.tobytes())}
-    train_key = {"data": data_key, "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.learning_rate,
-                 "seed": cfg.seed}
-    x_test_triggered = make_corner_trigger(x_test, cfg.trigger_size, cfg.trigger_margin)
-    histories: dict[str, dict[str, Any]] = {}
-    evals: dict[str, dict[str, Any]] = {"baseline": {}, "poisoned": {}, "defense_fgsm": {}}
+def load_data(cfg: Config, _: StageInputs) -> dict[str, Any]:
+    """Verified MNIST, the seeded subsets as model input (float32 in [0, 1]) and the run's generators."""
+    data = load_mnist(cfg)  # before TensorFlow starts, so a data error costs no start-up time
+    configure_tensorflow(cfg.threads)
+    rngs = dict(zip(("subset", "poison", "mix", "pgd"), seed_everything(cfg.seed).spawn(4)))
+    train_idx = sample_subset(len(data.y_train), cfg.train_limit, rngs["subset"])
+    test_idx = sample_subset(len(data.y_test), cfg.test_limit, rngs["subset"])
+    LOG.info("MNIST from %s: %d train / %d test images", data.source, len(train_idx), len(test_idx))
+    return {"source": data, "rngs": rngs, "train_idx": train_idx, "test_idx": test_idx,
+            "x_train": to_model_input(data.x_train[train_idx]), "y_train": data.y_train[train_idx],
+            "x_test": to_model_input(data.x_test[test_idx]), "y_test": data.y_test[test_idx]}
 
-    with stage("train baseline", timings):
-        base_key = cache.key("baseline", **train_key)
-        baseline, histories["baseline"] = cached_model(
-            cache, base_key, "baseline model", lambda: train_cnn(x_train, y_train, cfg, "baseline"))
-    with stage("evaluate baseline", timings):
-        base_trig_pred = evaluate_clean_and_triggered(baseline, "baseline", "Baseline", x_test, x_test_triggered,
-                                                      y_test, evals["baseline"], img, cfg)
 
-    with stage("poison and train backdoored model", timings):
-        poison_idx = select_poison_indices(y_train, cfg.poison_count, cfg.target_class, poison_rng)
-        x_poisoned, y_poisoned = poison_dataset(x_train, y_train, poison_idx, cfg)
-        pois_key = cache.key("poisoned", **train_key, poison=sha256_bytes(poison_idx.tobytes()),
-                             target=cfg.target_class, trigger=(cfg.trigger_size, cfg.trigger_margin))
-        poisoned, histories["poisoned"] = cached_model(
-            cache, pois_key, "poisoned model", lambda: train_cnn(x_poisoned, y_poisoned, cfg, "poisoned"))
-    with stage("evaluate backdoored model", timings):
-        pois_trig_pred = evaluate_clean_and_triggered(poisoned, "poisoned", "Poisoned model", x_test,
-                                                      x_test_triggered, y_test, evals["poisoned"], img, cfg)
-        poison_png = plot_poison_examples(x_train, x_poisoned, y_train, y_poisoned, poison_idx,
-                                          img / "poison_examples.png")
+def data_key(data: dict[str, Any]) -> dict[str, Any]:
+    return {"sha256": data["source"].sha256, "train_idx": sha256_bytes(data["train_idx"].tobytes()),
+            "test_idx": sha256_bytes(data["test_idx"].tobytes())}
 
-    with stage("backdoor: trigger controls and poison detection", timings):
-        controls = {name: trigger_controls(predicted_labels(net, cfg.attack_batch_size), x_test, y_test, cfg)
-                    for name, net in (("baseline", baseline), ("poisoned", poisoned))}
-        def run_detectors() -> tuple[np.ndarray, dict[str, Any]]:
-            found, info = detect_poison(poisoned, x_poisoned, y_poisoned, poison_idx, cfg)
-            return np.stack([found[name] for name in DETECTORS]), info
 
-        flag_rows, detection = cached_arrays(
-            cache, cache.key("poison_detection", poisoned=pois_key, fraction=cfg.detection_fraction),
-            "poison detection flags", run_detectors)
-        flags = {name: flag_rows[i].astype(bool) for i, name in enumerate(DETECTORS)}
-        chosen = max(flags, key=lambda name: detection[name]["f1"])
-        in_target = y_poisoned == cfg.target_class
-        is_poison = np.isin(np.arange(len(y_poisoned)), poison_idx)
-        detection_png = plot_detection_view(
-            layer_output(poisoned, "penultimate", x_poisoned[in_target]), is_poison[in_target],
-            flags[chosen][in_target], f"Class {cfg.target_class}, penultimate activations (PCA): {chosen}",
-            img / "poison_detection_view.png")
-    with stage("retrain without the flagged samples", timings):
-        keep = ~flags[chosen]
-        cleaned_key = cache.key("poison_cleaned", **train_key, poisoned=pois_key,
-                                removed=sha256_bytes(np.flatnonzero(~keep).tobytes()))
-        cleaned, histories["poison_cleaned"] = cached_model(
-            cache, cleaned_key, "model retrained without flagged samples",
-            lambda: train_cnn(x_poisoned[keep], y_poisoned[keep], cfg, "poison_cleaned"))
-        evals["poison_cleaned"] = {}
-        cleaned_trig_pred = evaluate_clean_and_triggered(cleaned, "poison_cleaned", "Retrained without flagged samples",
-                                                         x_test, x_test_triggered, y_test, evals["poison_cleaned"], img, cfg)
-    if cfg.poison_sweep:
-        with stage("poison sweep (poison count x trigger size)", timings):
-            sweep_cfg = dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
+def pick_pgd_subset(cfg: Config, inputs: StageInputs) -> np.ndarray:
+    """Indices into the test set attacked by PGD (and the transfer table), without replacement."""
+    return sample_subset(len(inputs["data"]["y_test"]), cfg.pgd_limit, inputs["data"]["rngs"]["pgd"])
 
-            def train_for_sweep(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
-                key = cache.key("sweep", **train_key, sweep_epochs=cfg.sweep_epochs, counts=cfg.poison_sweep,
-                                target=cfg.target_class, margin=cfg.trigger_margin, point=label)
-                net, _ = cached_model(cache, key, label, lambda: train_cnn(x, y, sweep_cfg, label))
-                return predicted_labels(net, cfg.attack_batch_size)
 
-            sweep_rows = poison_sweep(x_train, y_train, x_test, y_test, cfg,
-                                      np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_for_sweep)
-            sweep = {"epochs": cfg.sweep_epochs, "rows": sweep_rows,
-                     "png": plot_poison_sweep(sweep_rows, img / "poison_sweep_asr.png")}
+def plant_backdoor(cfg: Config, inputs: StageInputs) -> dict[str, np.ndarray]:
+    """Poison indices, the poisoned training set and the triggered test set."""
+    d = inputs["data"]
+    poison_idx = select_poison_indices(d["y_train"], cfg.poison_count, cfg.target_class, d["rngs"]["poison"])
+    x_poisoned, y_poisoned = poison_dataset(d["x_train"], d["y_train"], poison_idx, cfg)
+    return {"idx": poison_idx, "x": x_poisoned, "y": y_poisoned,
+            "x_test_triggered": make_corner_trigger(d["x_test"], cfg.trigger_size, cfg.trigger_margin)}
 
-    with stage("FGSM on baseline (train + test)", timings):
-        fgsm_key = {"eps": cfg.fgsm_eps, "backend": cfg.attack_backend}
-        train_adv_key = cache.key("fgsm_train", model=base_key, **fgsm_key)
-        x_train_adv, fgsm_train_info = cached_arrays(
-            cache, train_adv_key, "FGSM train set",
-            lambda: generate_fgsm(baseline, x_train, y_train, cfg, "train set vs baseline"))
-        x_test_adv, fgsm_test_info = cached_arrays(
-            cache, cache.key("fgsm_test", model=base_key, **fgsm_key), "FGSM test set",
-            lambda: generate_fgsm(baseline, x_test, y_test, cfg, "test set vs baseline"))
-    with stage("evaluate baseline on FGSM", timings):
-        evals["baseline"]["fgsm"], base_fgsm_pred = evaluate(baseline, x_test_adv, y_test, "Baseline - FGSM test set",
-                                                             img / "cm_baseline_fgsm.png", cfg)
-        clean_pred = np.argmax(predict_probabilities(baseline, x_test[:5], cfg.attack_batch_size)[0], axis=1)
-        fgsm_png = plot_fgsm_examples(x_test[:5], x_test_adv[:5], y_test[:5], clean_pred, base_fgsm_pred[:5],
-                                      cfg.fgsm_eps, img / "fgsm_examples.png")
 
-    with stage("adversarial training (clean + FGSM)", timings):
-        def train_defense() -> tuple[Any, dict[str, Any]]:
-            return train_cnn(*mix_clean_and_adversarial(x_train, x_train_adv, y_train, mix_rng), cfg, "defense_fgsm")
+def train_baseline(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
+    return train_cnn(inputs["data"]["x_train"], inputs["data"]["y_train"], cfg, "baseline")
 
-        def_key = cache.key("defense_fgsm", **train_key, adversarial=train_adv_key)
-        defense, histories["defense_fgsm"] = cached_model(cache, def_key, "FGSM-trained defense", train_defense)
-    with stage("white-box FGSM on defense", timings):
-        x_test_adv_wb, fgsm_wb_info = cached_arrays(
-            cache, cache.key("fgsm_test", model=def_key, **fgsm_key), "FGSM test set vs defense",
-            lambda: generate_fgsm(defense, x_test, y_test, cfg, "test set vs defense"))
-    with stage("evaluate defense", timings):
-        evals["defense_fgsm"]["clean"], _ = evaluate(defense, x_test, y_test, "FGSM-trained defense - clean test set",
-                                                     img / "cm_defense_clean.png", cfg)
-        evals["defense_fgsm"]["fgsm_transfer_from_baseline"], _ = evaluate(
-            defense, x_test_adv, y_test, "Defense - FGSM crafted on baseline (transfer)",
-            img / "cm_defense_fgsm_transfer.png", cfg)
-        evals["defense_fgsm"]["fgsm_whitebox"], _ = evaluate(
-            defense, x_test_adv_wb, y_test, "Defense - FGSM crafted on defense (white-box)",
-            img / "cm_defense_fgsm_whitebox.png", cfg)
 
-    nets = {"baseline": baseline, "poisoned": poisoned, "defense_fgsm": defense}
-    net_keys = {"baseline": base_key, "poisoned": pois_key, "defense_fgsm": def_key}
+def train_poisoned(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
+    return train_cnn(inputs["poison"]["x"], inputs["poison"]["y"], cfg, "poisoned")
+
+
+def clean_and_triggered(name: str, title: str) -> Callable[[Config, StageInputs], dict[str, Any]]:
+    """Stage: model ``name`` on the clean and the triggered test set; keeps the triggered predictions."""
+    def run(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+        d, evals = inputs["data"], {}
+        pred = evaluate_clean_and_triggered(inputs[name][0], name, title, d["x_test"],
+                                            inputs["poison"]["x_test_triggered"], d["y_test"], evals,
+                                            inputs.images, cfg)
+        return {"evals": evals, "triggered_pred": pred}
+    return run
+
+
+def backdoor_controls(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """ASR with the trained and two control triggers on both models, and the poison examples figure."""
+    d, p = inputs["data"], inputs["poison"]
+    return {"controls": {name: trigger_controls(predicted_labels(inputs[name][0], cfg.attack_batch_size),
+                                                d["x_test"], d["y_test"], cfg) for name in ("baseline", "poisoned")},
+            "png": plot_poison_examples(d["x_train"], p["x"], d["y_train"], p["y"], p["idx"],
+                                        inputs.images / "poison_examples.png")}
+
+
+def run_poison_detection(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+    """Flags of every detector in DETECTORS as rows of one array, and their scores."""
+    p = inputs["poison"]
+    found, info = detect_poison(inputs["poisoned"][0], p["x"], p["y"], p["idx"], cfg)
+    return np.stack([found[name] for name in DETECTORS]), info
+
+
+def chosen_detector(detection: tuple[np.ndarray, dict[str, Any]]) -> tuple[str, np.ndarray]:
+    flag_rows, info = detection
+    chosen = max(DETECTORS, key=lambda name: info[name]["f1"])
+    return chosen, flag_rows[DETECTORS.index(chosen)].astype(bool)
+
+
+def retrain_without_flagged(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
+    keep = ~chosen_detector(inputs["poison_detection"])[1]
+    return train_cnn(inputs["poison"]["x"][keep], inputs["poison"]["y"][keep], cfg, "poison_cleaned")
+
+
+def detection_view(cfg: Config, inputs: StageInputs) -> str:
+    """PCA of the target class's penultimate activations, poisons vs clean, the chosen flags ringed."""
+    p, (chosen, flags) = inputs["poison"], chosen_detector(inputs["poison_detection"])
+    in_target = p["y"] == cfg.target_class
+    is_poison = np.isin(np.arange(len(p["y"])), p["idx"])
+    return plot_detection_view(layer_output(inputs["poisoned"][0], "penultimate", p["x"][in_target]),
+                               is_poison[in_target], flags[in_target],
+                               f"Class {cfg.target_class}, penultimate activations (PCA): {chosen}",
+                               inputs.images / "poison_detection_view.png")
+
+
+def sweep_poisons(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """Clean accuracy and ASR of a fresh model per (poison count, trigger size); each model cached."""
+    d, sweep_cfg = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
+
+    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
+        net, _ = inputs.cached_model(label, lambda: train_cnn(x, y, sweep_cfg, label))
+        return predicted_labels(net, cfg.attack_batch_size)
+
+    rows = poison_sweep(d["x_train"], d["y_train"], d["x_test"], d["y_test"], cfg,
+                        np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_point)
+    return {"epochs": cfg.sweep_epochs, "rows": rows, "png": plot_poison_sweep(rows, inputs.images / "poison_sweep_asr.png")}
+
+
+def fgsm_on(source: str, model: str, target: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict]]:
+    """Stage: FGSM images of the ``source`` split ("train" or "test") crafted against ``model``."""
+    def run(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+        d = inputs["data"]
+        return generate_fgsm(inputs[model][0], d[f"x_{source}"], d[f"y_{source}"], cfg, f"{source} set vs {target}")
+    return run
+
+
+def evaluate_baseline_fgsm(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    d, baseline, x_adv = inputs["data"], inputs["baseline"][0], inputs["fgsm_test"][0]
+    metrics, adv_pred = evaluate(baseline, x_adv, d["y_test"], "Baseline - FGSM test set",
+                                 inputs.images / "cm_baseline_fgsm.png", cfg)
+    clean_pred = np.argmax(predict_probabilities(baseline, d["x_test"][:5], cfg.attack_batch_size)[0], axis=1)
+    png = plot_fgsm_examples(d["x_test"][:5], x_adv[:5], d["y_test"][:5], clean_pred, adv_pred[:5], cfg.fgsm_eps,
+                             inputs.images / "fgsm_examples.png")
+    return {"metrics": metrics, "png": png}
+
+
+def train_fgsm_defense(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
+    """The seed's defense: a fresh CNN on clean + FGSM-vs-baseline training images, shuffled."""
+    d = inputs["data"]
+    mixed = mix_clean_and_adversarial(d["x_train"], inputs["fgsm_train"][0], d["y_train"], d["rngs"]["mix"])
+    return train_cnn(*mixed, cfg, "defense_fgsm")
+
+
+def evaluate_fgsm_defense(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    d, net, img = inputs["data"], inputs["defense_fgsm"][0], inputs.images
+    sets = {"clean": (d["x_test"], "FGSM-trained defense - clean test set", "cm_defense_clean.png"),
+            "fgsm_transfer_from_baseline": (inputs["fgsm_test"][0], "Defense - FGSM crafted on baseline (transfer)",
+                                            "cm_defense_fgsm_transfer.png"),
+            "fgsm_whitebox": (inputs["fgsm_test_defense"][0], "Defense - FGSM crafted on defense (white-box)",
+                              "cm_defense_fgsm_whitebox.png")}
+    return {key: evaluate(net, x, d["y_test"], title, img / png, cfg)[0] for key, (x, title, png) in sets.items()}
+
+
+def per_batch_defense(method: str, name: str) -> Callable[[Config, StageInputs], tuple[Any, dict[str, Any]]]:
+    def run(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
+        return train_per_batch_adversarial(inputs["data"]["x_train"], inputs["data"]["y_train"], cfg, method, name)
+    return run
+
+
+def evaluate_per_batch_defense(name: str) -> Callable[[Config, StageInputs], dict[str, Any]]:
+    def run(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+        d = inputs["data"]
+        return evaluate_defense(inputs[name][0], name, d["x_test"], inputs["fgsm_test"][0], d["y_test"],
+                                inputs.images, cfg)
+    return run
+
+
+def pgd_against(name: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict[str, Any]]]:
+    """Stage: white-box PGD on the PGD subset against model ``name``, its starts seeded per model."""
+    def run(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+        d, idx = inputs["data"], inputs["pgd_subset"]
+        rng = np.random.default_rng(stage_seed(cfg.seed, f"pgd:{name}"))
+        return generate_pgd(inputs[name][0], d["x_test"][idx], d["y_test"][idx], cfg, rng, f"vs {name}")
+    return run
+
+
+def eps_curve_of(name: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict[str, Any]]]:
+    """Stage: FGSM (row 0) and PGD (row 1) accuracy of ``name`` at each eps of EPS_GRID."""
+    def run(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+        d, idx = inputs["data"], inputs["pgd_subset"]
+        idx = idx[: cfg.curve_limit] if cfg.curve_limit else idx
+        rng = np.random.default_rng(stage_seed(cfg.seed, f"curve:{name}"))
+        return eps_curve(inputs[name][0], d["x_test"][idx], d["y_test"][idx], EPS_GRID, cfg, rng), {}
+    return run
+
+
+def robustness(names: tuple[str, ...]) -> Callable[[Config, StageInputs], dict[str, Any]]:
+    """Stage: PGD evaluations, FGSM/PGD transfer tables and the eps-curve figure over ``names``."""
+    def run(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+        d, idx = inputs["data"], inputs["pgd_subset"]
+        return robustness_tables({n: inputs[n][0] for n in names}, {n: inputs[f"pgd:{n}"] for n in names},
+                                 {n: inputs[f"eps_curve:{n}"][0] for n in names if n != "poisoned"},
+                                 d["x_test"], d["y_test"], idx, cfg, inputs.images)
+    return run
+
+
+def save_models(names: tuple[str, ...]) -> Callable[[Config, StageInputs], dict[str, Any]]:
+    def run(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+        models = inputs.dirs["models"]
+        files = {name: save_model(inputs[name][0], models / f"cnn_mnist_{name}.keras") for name in names}
+        return {"files": files, "training_curves": plot_training_curves(
+            {name: inputs[name][1] for name in names}, inputs.images / "training_curves.png")}
+    return run
+
+
+# ---- the pipeline: every stage in the order it runs ---------------------------------------
+
+def attacked_models(cfg: Config) -> tuple[str, ...]:
+    """Models that get white-box PGD and the transfer tables."""
+    return ("baseline", "poisoned", "defense_fgsm",
+            *("defense_" + m.replace("-", "_") for m in cfg.per_batch_defenses))
+
+
+def pipeline(cfg: Config) -> list[Stage]:
+    """The pipeline's table of contents."""
+    attacked = attacked_models(cfg)
+    trained = ("baseline", "poisoned", "poison_cleaned", *attacked[2:])
+    return [
+        Stage("data", load_data, modules=("data",), title="load data, start TensorFlow", key_from_result=data_key),
+        Stage("pgd_subset", pick_pgd_subset, reads=("data",), config=("pgd_limit",),
+              key_from_result=lambda idx: sha256_bytes(idx.tobytes())),
+        Stage("poison", plant_backdoor, reads=("data",), config=TRIGGER, modules=("backdoor",)),
+        Stage("baseline", train_baseline, reads=("data",), config=TRAIN, modules=("model",), cache="model",
+              label="baseline model", title="train baseline"),
+        Stage("baseline_eval", clean_and_triggered("baseline", "Baseline"), reads=("data", "poison", "baseline")),
+        Stage("poisoned", train_poisoned, reads=("poison",), config=TRAIN, modules=("model",), cache="model",
+              label="poisoned model", title="train backdoored model"),
+        Stage("poisoned_eval", clean_and_triggered("poisoned", "Poisoned model"), reads=("data", "poison", "poisoned")),
+        Stage("trigger_controls", backdoor_controls, reads=("data", "poison", "baseline", "poisoned")),
+        Stage("poison_detection", run_poison_detection, reads=("poison", "poisoned"), config=("detection_fraction",),
+              modules=("defenses", "model"), cache="arrays", label="poison detection flags"),
+        Stage("poison_cleaned", retrain_without_flagged, reads=("poison", "poison_detection"), config=TRAIN,
+              modules=("model",), cache="model", label="model retrained without flagged samples"),
+        Stage("poison_cleaned_eval", clean_and_triggered("poison_cleaned", "Retrained without flagged samples"),
+              reads=("data", "poison", "poison_cleaned")),
+        Stage("detection_view", detection_view, reads=("poison", "poisoned", "poison_detection")),
+        *([Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor"),
+                 config=(*TRAIN, "sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class",
+                         "trigger_margin"), title="poison sweep (poison count x trigger size)")]
+          if cfg.poison_sweep else []),
+        Stage("fgsm_train", fgsm_on("train", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
+              modules=("attacks",), cache="arrays", label="FGSM train set"),
+        Stage("fgsm_test", fgsm_on("test", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
+              modules=("attacks",), cache="arrays", label="FGSM test set"),
+        Stage("baseline_fgsm_eval", evaluate_baseline_fgsm, reads=("data", "baseline", "fgsm_test")),
+        Stage("defense_fgsm", train_fgsm_defense, reads=("data", "fgsm_train"), config=TRAIN,
+              modules=("model", "defenses"), cache="model", label="FGSM-trained defense",
+              title="adversarial training (clean + FGSM)"),
+        Stage("fgsm_test_defense", fgsm_on("test", "defense_fgsm", "defense"), reads=("data", "defense_fgsm"),
+              config=FGSM, modules=("attacks",), cache="arrays", label="FGSM test set vs defense"),
+        Stage("defense_fgsm_eval", evaluate_fgsm_defense, reads=("data", "defense_fgsm", "fgsm_test", "fgsm_test_defense")),
+        *per_batch_stages(cfg),
+        *(Stage(f"pgd:{n}", pgd_against(n), reads=("data", "pgd_subset", n), config=PGD, modules=("attacks",),
+                cache="arrays", label=f"PGD set vs {n}") for n in attacked),
+        *(Stage(f"eps_curve:{n}", eps_curve_of(n), reads=("data", "pgd_subset", n), config=(*PGD, "curve_limit"),
+                modules=("attacks", "evaluation", "config"), cache="arrays", label=f"eps curve of {n}")
+          for n in attacked if n != "poisoned"),
+        Stage("robustness", robustness(attacked), title="robustness: transfer tables, accuracy vs eps",
+              reads=("data", "pgd_subset", *attacked, *(f"pgd:{n}" for n in attacked),
+                     *(f"eps_curve:{n}" for n in attacked if n != "poisoned"))),
+        Stage("saved", save_models(trained), reads=trained, title="save models and plots"),
+    ]
+
+
+def per_batch_stages(cfg: Config) -> list[Stage]:
+    """Training and evaluation of each requested per-batch defense (--defense)."""
+    stages = []
     for method in cfg.per_batch_defenses:
         name = "defense_" + method.replace("-", "_")
-        with stage(f"adversarial training, {method} per batch", timings):
-            recipe = {k: v for k, v in cfg.to_json().items() if k.startswith("robust_")} if method == "robust" else {}
-            key = net_keys[name] = cache.key(name, **train_key, eps=cfg.pgd_eps, train_steps=cfg.pgd_train_steps,
-                                             **recipe)
-            nets[name], histories[name] = cached_model(
-                cache, key, f"{method} defense",
-                lambda: train_per_batch_adversarial(x_train, y_train, cfg, method, name))  # noqa: B023
-        with stage(f"evaluate {name}", timings):
-            evals[name] = evaluate_defense(nets[name], name, x_test, x_test_adv, y_test, img, cfg)
+        recipe = ROBUST if method == "robust" else ()
+        stages += [Stage(name, per_batch_defense(method, name), reads=("data",), cache="model",
+                         config=(*TRAIN, "pgd_eps", "pgd_train_steps", *recipe), modules=("model", "defenses", "attacks"),
+                         label=f"{method} defense", title=f"adversarial training, {method} per batch"),
+                   Stage(f"{name}_eval", evaluate_per_batch_defense(name), reads=("data", "fgsm_test", name),
+                         title=f"evaluate {name}")]
+    return stages
 
-    with stage("robustness: white-box PGD, transfer table, accuracy vs eps", timings):
-        robustness = robustness_study(nets, net_keys, x_test, y_test, pgd_idx, cfg, cache, img)
-        for name, metrics in robustness.pop("pgd_evals").items():
-            evals[name]["pgd_whitebox"] = metrics
 
-    with stage("save models and plots", timings):
-        model_files = {
-            "baseline": save_model(baseline, dirs["models"] / "cnn_mnist_baseline.keras"),
-            "poisoned": save_model(poisoned, dirs["models"] / "cnn_mnist_poisoned.keras"),
-            "poison_cleaned": save_model(cleaned, dirs["models"] / "cnn_mnist_poison_cleaned.keras"),
-            "defense_fgsm": save_model(defense, dirs["models"] / "cnn_mnist_defense_fgsm.keras"),
-            **{name: save_model(nets[name], dirs["models"] / f"cnn_mnist_{name}.keras")
-               for name in nets if name not in ("baseline", "poisoned", "defense_fgsm")},
-        }
-        curves_png = plot_training_curves(histories, img / "training_curves.png")
+# ---- the outputs: the summary is assembled from stage results -------------------------------
 
-    models = {name: {"training": histories[name], "model_file": model_files[name], "eval": evals[name]}
-              for name in evals}
-    backdoor = backdoor_summary(cfg, y_train, poison_idx, y_test, base_trig_pred, pois_trig_pred, poison_png)
-    backdoor["attack_success_rate"]["poison_cleaned"] = attack_success_rate(cleaned_trig_pred, y_test, cfg.target_class)
-    removal_png = plot_asr_bars({name: (evals[name]["clean"]["accuracy"], backdoor["attack_success_rate"][name])
-                                 for name in ("baseline", "poisoned", "poison_cleaned")}, img / "poison_removal_asr.png")
+def model_entries(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
+    """summary["models"]: each model's training record, saved file and evaluations."""
+    evals = {"baseline": {**r["baseline_eval"]["evals"], "fgsm": r["baseline_fgsm_eval"]["metrics"]},
+             "poisoned": r["poisoned_eval"]["evals"], "defense_fgsm": r["defense_fgsm_eval"],
+             "poison_cleaned": r["poison_cleaned_eval"]["evals"],
+             **{name: r[f"{name}_eval"] for name in attacked_models(cfg)[3:]}}
+    for name, metrics in r["robustness"]["pgd_evals"].items():
+        evals[name]["pgd_whitebox"] = metrics
+    return {name: {"training": r[name][1], "model_file": r["saved"]["files"][name], "eval": evals[name]}
+            for name in evals}
+
+
+def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dict[str, Any]:
+    """summary["backdoor"]: attack settings, ASRs, trigger controls, detection, removal, sweep."""
+    d, flags_info = r["data"], r["poison_detection"][1]
+    backdoor = backdoor_summary(cfg, d["y_train"], r["poison"]["idx"], d["y_test"],
+                                r["baseline_eval"]["triggered_pred"], r["poisoned_eval"]["triggered_pred"],
+                                r["trigger_controls"]["png"])
+    asr = backdoor["attack_success_rate"]
+    asr["poison_cleaned"] = attack_success_rate(r["poison_cleaned_eval"]["triggered_pred"], d["y_test"], cfg.target_class)
+    removal_png = plot_asr_bars({name: (evals[name]["clean"]["accuracy"], asr[name])
+                                 for name in ("baseline", "poisoned", "poison_cleaned")},
+                                cfg.output_dir / "images" / "poison_removal_asr.png")
+    chosen = chosen_detector(r["poison_detection"])[0]
     backdoor.update(
-        trigger_controls=controls,
-        detection={**detection, "goal_f1_at_least_0_9": max(detection[name]["f1"] for name in flags) >= 0.9,
-                   "png": detection_png},
-        removal=removal_summary(chosen, detection[chosen], evals, backdoor["attack_success_rate"], removal_png),
-        sweep=sweep if cfg.poison_sweep else None,
+        trigger_controls=r["trigger_controls"]["controls"],
+        detection={**flags_info, "goal_f1_at_least_0_9": max(flags_info[n]["f1"] for n in DETECTORS) >= 0.9,
+                   "png": r["detection_view"]},
+        removal=removal_summary(chosen, flags_info[chosen], evals, asr, removal_png),
+        sweep=r.get("sweep"),
     )
-    checks = sanity_checks(models, robustness["transfer"]["accuracy"], robustness["accuracy_vs_eps"], cfg)
-    table = results_table(models, backdoor)
-    summary = {
+    return backdoor
+
+
+def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]:
+    """The metrics JSON (without bandit, manifest and report path), from the stage results."""
+    r, source = runner.results, runner.results["data"]["source"]
+    models = model_entries(cfg, r)
+    backdoor = backdoor_entry(cfg, r, {name: entry["eval"] for name, entry in models.items()})
+    study = {k: v for k, v in r["robustness"].items() if k != "pgd_evals"}
+    fgsm_info = {"train_vs_baseline": r["fgsm_train"][1], "test_vs_baseline": r["fgsm_test"][1],
+                 "test_vs_defense_whitebox": r["fgsm_test_defense"][1]}
+    return {
         "schema_version": SCHEMA_VERSION,
         "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": cfg.to_json(),
-        "data": {"source": data.source, "sha256": data.sha256, "n_train": int(len(y_train)),
-                 "n_test": int(len(y_test)), "n_train_available": int(len(data.y_train)),
-                 "n_test_available": int(len(data.y_test))},
+        "data": {"source": source.source, "sha256": source.sha256, "n_train": int(len(r["data"]["y_train"])),
+                 "n_test": int(len(r["data"]["y_test"])), "n_train_available": int(len(source.y_train)),
+                 "n_test_available": int(len(source.y_test))},
         "versions": library_versions(),
         "host": host_summary(),
         "models": models,
         "backdoor": backdoor,
         "fgsm": {"library": "compiled TensorFlow (equal to ART's FastGradientMethod, tested)"
                  if cfg.attack_backend == "compiled" else "adversarial-robustness-toolbox FastGradientMethod",
-                 "norm": "inf", "targeted": False, "labels": "true labels", "eps": cfg.fgsm_eps,
-                 "train_vs_baseline": fgsm_train_info, "test_vs_baseline": fgsm_test_info,
-                 "test_vs_defense_whitebox": fgsm_wb_info},
-        **robustness,
-        "sanity_checks": checks,
-        "cache": {"enabled": not cfg.no_cache, "reused": cache.hits, "code_version": cache.code},
-        "timings_s": {**timings, "total": round(time.time() - started, 3)},
-        "images": {"training_curves": curves_png, "poison_examples": poison_png, "fgsm_examples": fgsm_png,
-                   "accuracy_vs_eps": robustness["accuracy_vs_eps"]["png"],
+                 "norm": "inf", "targeted": False, "labels": "true labels", "eps": cfg.fgsm_eps, **fgsm_info},
+        **study,
+        "sanity_checks": sanity_checks(models, study["transfer"]["accuracy"], study["accuracy_vs_eps"], cfg),
+        "cache": {"enabled": not cfg.no_cache, "reused": runner.cache.hits, "code_version": code_version()},
+        "timings_s": {**runner.timings, "total": round(time.time() - started, 3)},
+        "images": {"training_curves": r["saved"]["training_curves"], "poison_examples": r["trigger_controls"]["png"],
+                   "fgsm_examples": r["baseline_fgsm_eval"]["png"], "accuracy_vs_eps": study["accuracy_vs_eps"]["png"],
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
-        "results_table": table,
+        "results_table": results_table(models, backdoor),
     }
-    with stage("Bandit on this code base", timings):
+
+
+def write_outputs(summary: dict[str, Any], runner: Runner, started: float, command_line: list[str]) -> None:
+    """Bandit, the manifest of every written file, the metrics JSON and REPORT.md (all atomic)."""
+    root = runner.dirs["root"]
+    with stage("Bandit on this code base", runner.timings):
         summary["bandit"] = run_bandit()
-    written = [*(entry["path"] for entry in model_files.values()), *summary["images"].values(),
+    backdoor = summary["backdoor"]
+    written = [*(entry["path"] for entry in runner.results["saved"]["files"].values()), *summary["images"].values(),
                *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
                              (backdoor["sweep"] or {}).get("png")) if v)]
-    summary["manifest"] = run_manifest(started, ["secure_ai_mnist_main.py", *(command_line or [])], data.sha256,
-                                       dirs["root"], written)
-    summary["report"] = str(dirs["root"] / REPORT_FILENAME)
-    write_summary(summary, dirs["root"] / SUMMARY_FILENAME)
-    write_report(summary, dirs["root"] / REPORT_FILENAME)
-    for check in checks.values():
+    summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written)
+    summary["report"] = str(root / REPORT_FILENAME)
+    write_summary(summary, root / SUMMARY_FILENAME)
+    write_report(summary, root / REPORT_FILENAME)
+
+
+def run_pipeline(cfg: Config, command_line: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage in order, then write the outputs; return the summary that was written."""
+    started = time.time()
+    dirs = prepare_output_dir(cfg.output_dir)
+    runner = Runner(cfg, StageCache(None if cfg.no_cache else cfg.cache_dir / "stages"), dirs)
+    runner.run(pipeline(cfg))
+    summary = build_summary(cfg, runner, started)
+    write_outputs(summary, runner, started, ["secure_ai_mnist_main.py", *(command_line or [])])
+    for check in summary["sanity_checks"].values():
         if check["passed"] is False:
             LOG.warning("sanity check failed, a robustness number is not to be trusted: %s", check["description"])
-    LOG.info("results (%d train / %d test images, PGD on %d):\n%s", len(y_train), len(y_test), len(pgd_idx), table)
-    LOG.info("wrote %s in %.1f s", dirs["root"] / SUMMARY_FILENAME, summary["timings_s"]["total"])
+    LOG.info("results (%d train / %d test images, PGD on %d):\n%s", summary["data"]["n_train"],
+             summary["data"]["n_test"], summary["pgd"]["n_test_images"], summary["results_table"])
+    LOG.info("wrote %s in %.1f s", dirs["root"] / SUMMARY_FILENAME, time.time() - started)
     return summary
 
 

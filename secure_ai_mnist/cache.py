@@ -1,9 +1,9 @@
 """Reuse of finished work: trained models and adversarial sets, keyed by what produced them.
 
-A stage's key is the SHA-256 of its name, the code version (hash of this package and the
-entry script), and every input that shapes its result (config values, data hashes, the keys
-of the stages it builds on). Changing a flag therefore invalidates exactly the stages that
-depend on it. Each entry records the SHA-256 of its files; a file that fails the check is
+A stage's key is the SHA-256 of its name and every input that shapes its result; what those
+inputs are (config values, the keys of the stages it reads, the source of the code that
+computes it) is decided by the stage runner in ``stages.py``. Changing a flag or a computing
+module therefore invalidates exactly the stages that depend on it. Each entry records the SHA-256 of its files; a file that fails the check is
 ignored (with a warning) and the stage is recomputed.
 """
 
@@ -28,7 +28,8 @@ ENTRY_SCRIPT = PACKAGE_DIR.parent / "secure_ai_mnist_main.py"
 
 
 def code_version() -> str:
-    """SHA-256 over the source of the package and the entry script (sorted by name)."""
+    """SHA-256 over the source of the package and the entry script (sorted by name): recorded in
+    the summary to name the code of a run; stage keys hash only the modules a stage declares."""
     digest = hashlib.sha256()
     for path in sorted(PACKAGE_DIR.glob("*.py")) + ([ENTRY_SCRIPT] if ENTRY_SCRIPT.is_file() else []):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
@@ -38,13 +39,13 @@ def code_version() -> str:
 class StageCache:
     """Stage results under ``root/<key>/``; every method is a no-op when ``root`` is None."""
 
-    def __init__(self, root: Path | None, code: str) -> None:
+    def __init__(self, root: Path | None) -> None:
         self.root = root
-        self.code = code
         self.hits: list[str] = []
 
     def key(self, stage: str, **inputs: Any) -> str:
-        payload = json.dumps({"stage": stage, "code": self.code, "inputs": inputs}, sort_keys=True, default=str)
+        """32 hex digits of SHA-256 over the stage name and its inputs (JSON, sorted keys)."""
+        payload = json.dumps({"stage": stage, "inputs": inputs}, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def _entry(self, key: str) -> Path | None:

@@ -15,8 +15,6 @@ from .plots import plot_confusion
 if TYPE_CHECKING:
     import keras
 
-    from .cache import StageCache
-
 def cross_entropy(probabilities: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
     """Mean categorical cross-entropy, clipped like Keras' (eps = 1e-7)."""
     p_true = np.clip(probabilities[np.arange(len(y)), y], eps, 1 - eps)
@@ -121,58 +119,41 @@ def eps_curve(
     return curve
 
 
-def robustness_study(
-    models: dict[str, keras.Model], model_keys: dict[str, str], x_test: np.ndarray, y_test: np.ndarray,
-    subset: np.ndarray, cfg: Config, cache: StageCache, images_dir: Path,
+def robustness_tables(
+    models: dict[str, keras.Model], pgd: dict[str, tuple[np.ndarray, dict[str, Any]]], curves: dict[str, np.ndarray],
+    x_test: np.ndarray, y_test: np.ndarray, subset: np.ndarray, cfg: Config, images_dir: Path,
 ) -> dict[str, Any]:
-    """White-box PGD on every model, FGSM/PGD transfer tables and accuracy-vs-eps curves, all on
-    the test images ``subset`` (curves on its first cfg.curve_limit). PGD sets and curves are
-    cached per model; each model's random starts come from its own seeded generator, so a
-    cached and a fresh run agree.
+    """From each model's white-box PGD set ``pgd[name]`` (images, info) on the test images
+    ``subset`` and its eps curve: the PGD evaluations, the FGSM and PGD transfer tables
+    (white-box FGSM is crafted here on the same subset) and the accuracy-vs-eps figure.
 
     Returns {"pgd": ..., "transfer": ..., "accuracy_vs_eps": ..., "pgd_evals": {model: metrics}}.
     """
-    from .attacks import generate_fgsm, generate_pgd
-    from .cache import cached_arrays
+    from .attacks import generate_fgsm
     from .config import EPS_GRID
-    from .model import stage_seed
     from .plots import plot_eps_curves
 
-    def rng_for(purpose: str) -> np.random.Generator:
-        return np.random.default_rng(stage_seed(cfg.seed, purpose))
-
     x_sub, y_sub = x_test[subset], y_test[subset]
-    attack_key = {"eps": cfg.pgd_eps, "step": cfg.pgd_step_size, "steps": cfg.pgd_steps,
-                  "restarts": cfg.pgd_restarts, "subset": sha256_bytes(subset.tobytes()), "seed": cfg.seed}
-    pgd_info, pgd_evals, pgd_sets, fgsm_sets = {}, {}, {}, {}
+    pgd_evals, fgsm_sets = {}, {}
     for name, net in models.items():
-        pgd_sets[name], pgd_info[name] = cached_arrays(
-            cache, cache.key("pgd_set", model=model_keys[name], **attack_key), f"PGD set vs {name}",
-            lambda: generate_pgd(net, x_sub, y_sub, cfg, rng_for(f"pgd:{name}"), f"vs {name}"))  # noqa: B023
-        pgd_evals[name], _ = evaluate(net, pgd_sets[name], y_sub,
-                                      f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
+        pgd_evals[name], _ = evaluate(net, pgd[name][0], y_sub, f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
                                       images_dir / f"cm_{name}_pgd_whitebox.png", cfg)
         fgsm_sets[name] = generate_fgsm(net, x_sub, y_sub, cfg, f"subset vs {name}")[0]
-    transfer = {"pgd": transfer_matrix(models, pgd_sets, y_sub, cfg.attack_batch_size),
+    transfer = {"pgd": transfer_matrix(models, {n: s for n, (s, _) in pgd.items()}, y_sub, cfg.attack_batch_size),
                 "fgsm": transfer_matrix(models, fgsm_sets, y_sub, cfg.attack_batch_size)}
-    curve_idx = subset[: cfg.curve_limit] if cfg.curve_limit else subset
-    x_curve, y_curve = x_test[curve_idx], y_test[curve_idx]
-    curves: dict[str, Any] = {"eps": list(EPS_GRID), "n": int(len(curve_idx)), "fgsm": {}, "pgd": {}}
-    for name, net in models.items():
-        if name == "poisoned":
-            continue
-        key = cache.key("eps_curve", model=model_keys[name], grid=EPS_GRID, n=len(curve_idx), **attack_key)
-        curve, _ = cached_arrays(cache, key, f"eps curve of {name}", lambda: (  # noqa: B023
-            eps_curve(net, x_curve, y_curve, EPS_GRID, cfg, rng_for(f"curve:{name}")), {}))  # noqa: B023
-        curves["fgsm"][name], curves["pgd"][name] = [float(a) for a in curve[0]], [float(a) for a in curve[1]]
-        LOG.info("accuracy vs eps, %s: FGSM %s / PGD %s", name, [round(a, 3) for a in curve[0]],
-                 [round(a, 3) for a in curve[1]])
-    curves["png"] = plot_eps_curves(curves, images_dir / "accuracy_vs_eps.png")
+    n_curve = len(subset[: cfg.curve_limit] if cfg.curve_limit else subset)
+    table: dict[str, Any] = {"eps": list(EPS_GRID), "n": int(n_curve), "fgsm": {}, "pgd": {}}
+    for name, curve in curves.items():
+        table["fgsm"][name], table["pgd"][name] = [float(a) for a in curve[0]], [float(a) for a in curve[1]]
+        LOG.info("accuracy vs eps, %s: FGSM %s / PGD %s", name, [round(float(a), 3) for a in curve[0]],
+                 [round(float(a), 3) for a in curve[1]])
+    table["png"] = plot_eps_curves(table, images_dir / "accuracy_vs_eps.png")
     return {
-        "pgd": {"n_test_images": int(len(subset)), "subset_sha256": attack_key["subset"], "per_model": pgd_info},
+        "pgd": {"n_test_images": int(len(subset)), "subset_sha256": sha256_bytes(subset.tobytes()),
+                "per_model": {name: info for name, (_, info) in pgd.items()}},
         "transfer": {"n_test_images": int(len(subset)), "eps": {"fgsm": cfg.fgsm_eps, "pgd": cfg.pgd_eps},
                      "meaning": "accuracy[attack][crafted_on][evaluated_on]; the diagonal is white-box",
                      "accuracy": transfer},
-        "accuracy_vs_eps": curves,
+        "accuracy_vs_eps": table,
         "pgd_evals": pgd_evals,
     }

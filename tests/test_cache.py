@@ -9,7 +9,7 @@ from secure_ai_mnist import cache
 
 
 def test_arrays_roundtrip_and_tamper_detection(tmp_path, rng):
-    store = cache.StageCache(tmp_path, "code-v1")
+    store = cache.StageCache(tmp_path)
     key = store.key("fgsm_train", eps=0.3)
     array = rng.uniform(size=(4, 28, 28, 1)).astype(np.float32)
     value, info = cache.cached_arrays(store, key, "set", lambda: (array, {"n": 4}))
@@ -27,17 +27,15 @@ def test_arrays_roundtrip_and_tamper_detection(tmp_path, rng):
     assert info3 == {"n": 2}
 
 
-def test_keys_depend_on_stage_code_and_inputs():
-    a = cache.StageCache(None, "code-v1")
-    b = cache.StageCache(None, "code-v2")
-    assert a.key("baseline", epochs=3) == a.key("baseline", epochs=3)
-    assert a.key("baseline", epochs=3) != a.key("baseline", epochs=4)
-    assert a.key("baseline", epochs=3) != a.key("poisoned", epochs=3)
-    assert a.key("baseline", epochs=3) != b.key("baseline", epochs=3)
+def test_keys_depend_on_stage_name_and_inputs():
+    store = cache.StageCache(None)
+    assert store.key("baseline", epochs=3) == store.key("baseline", epochs=3)
+    assert store.key("baseline", epochs=3) != store.key("baseline", epochs=4)
+    assert store.key("baseline", epochs=3) != store.key("poisoned", epochs=3)
 
 
 def test_disabled_cache_never_hits(rng):
-    store = cache.StageCache(None, "v")
+    store = cache.StageCache(None)
     calls = []
     for _ in range(2):
         cache.cached_arrays(store, "k", "set", lambda: (calls.append(1) or np.zeros(1), {}))

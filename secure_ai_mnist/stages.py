@@ -1,0 +1,153 @@
+"""Pipeline stages declared once, and the runner that executes them in order.
+
+A stage declares its name, the stages it reads, the configuration fields its result depends
+on, the modules whose source computes it, and whether its result (a trained model or an
+array) is cached. The runner applies timing, progress logging and caching the same way to
+every stage. A stage's cache key covers exactly what can change its result:
+
+- its name, its declared configuration values, and the keys of the stages it reads (so the
+  data hashes, which are the key of the ``data`` stage, reach every stage that builds on it);
+- the source of its declared modules (``model.py``, ``attacks.py``, ...) and of its own stage
+  function. Presentation modules (``report.py``, ``plots.py``, ``inference.py``) are never
+  declared, so editing them keeps every trained model and adversarial set.
+
+A stage sees only the results it declared (reading anything else raises KeyError), so a key
+cannot silently miss an input. Sub-results of one stage (for example each model of a sweep)
+are cached with ``StageInputs.cached_model``, keyed by the stage's key plus their own inputs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .cache import PACKAGE_DIR, StageCache, cached_arrays, cached_model
+from .common import stage as timed_stage
+from .config import Config
+
+if TYPE_CHECKING:
+    import keras
+
+PRESENTATION_MODULES = frozenset({"report", "plots", "inference"})
+CACHE_KINDS = (None, "model", "arrays")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the pipeline. ``run(cfg, inputs)`` computes it from the declared ``reads``.
+
+    ``cache``: None (recomputed every run), "model" (``run`` returns (keras.Model, info)) or
+    "arrays" (``run`` returns (np.ndarray, info)). ``label`` names a cached result in the log
+    and in the summary's ``cache.reused``. ``key_from_result``, for a source stage such as the
+    data, derives the key from what it loaded instead of from its inputs.
+    """
+
+    name: str
+    run: Callable[[Config, StageInputs], Any]
+    reads: tuple[str, ...] = ()
+    config: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    cache: str | None = None
+    label: str = ""
+    title: str = ""
+    key_from_result: Callable[[Any], Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_KINDS:
+            raise ValueError(f"stage {self.name}: cache must be one of {CACHE_KINDS}")
+        presentation = PRESENTATION_MODULES & set(self.modules)
+        if self.cache and presentation:
+            raise ValueError(f"stage {self.name}: a cached result may not depend on {sorted(presentation)}")
+        for module in self.modules:
+            if not (PACKAGE_DIR / f"{module}.py").is_file():
+                raise ValueError(f"stage {self.name}: no module secure_ai_mnist/{module}.py")
+
+
+def source_digest(modules: Sequence[str], function: Callable[..., Any] | None = None) -> str:
+    """SHA-256 over the source of the named package modules (sorted) and of ``function``."""
+    digest = hashlib.sha256()
+    for module in sorted(set(modules)):
+        digest.update(module.encode() + b"\0" + (PACKAGE_DIR / f"{module}.py").read_bytes() + b"\0")
+    if function is not None:
+        digest.update(inspect.getsource(function).encode())
+    return digest.hexdigest()
+
+
+class StageInputs(Mapping[str, Any]):
+    """The results a stage declared it reads, its output directories, and a sub-result cache."""
+
+    def __init__(self, results: Mapping[str, Any], key: str, cache: StageCache, dirs: Mapping[str, Path]) -> None:
+        self._results, self.key, self._cache, self.dirs = dict(results), key, cache, dirs
+
+    def __getitem__(self, name: str) -> Any:
+        if name not in self._results:
+            raise KeyError(f"stage input {name!r} was not declared in the stage's reads")
+        return self._results[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._results)
+
+    def __len__(self) -> int:
+        return len(self._results)
+
+    @property
+    def images(self) -> Path:
+        return self.dirs["images"]
+
+    def cached_model(self, label: str, train: Callable[[], tuple[keras.Model, dict[str, Any]]],
+                     **inputs: Any) -> tuple[keras.Model, dict[str, Any]]:
+        """A sub-result of this stage keyed by the stage's key, ``label`` and ``inputs``."""
+        return cached_model(self._cache, self._cache.key(label, parent=self.key, **inputs), label, train)
+
+
+class Runner:
+    """Runs stages in order; keeps each stage's result, key and wall time."""
+
+    def __init__(self, cfg: Config, cache: StageCache, dirs: Mapping[str, Path]) -> None:
+        self.cfg, self.cache, self.dirs = cfg, cache, dirs
+        self.results: dict[str, Any] = {}
+        self.keys: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def key(self, stage: Stage) -> str:
+        """The stage's cache key (see the module docstring for what it covers)."""
+        return self.cache.key(
+            stage.name,
+            config={field: getattr(self.cfg, field) for field in stage.config},
+            reads={name: self.keys[name] for name in stage.reads},
+            code=source_digest(stage.modules, stage.run),
+        )
+
+    def run(self, stages: Sequence[Stage]) -> dict[str, Any]:
+        """Run ``stages`` in order and return every result by stage name."""
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names repeat: {names}")
+        for stage in stages:
+            missing = [name for name in stage.reads if name not in self.results]
+            if missing:
+                raise ValueError(f"stage {stage.name} reads {missing}, which no earlier stage computes")
+            with timed_stage(stage.title or stage.label or stage.name, self.timings):
+                self.results[stage.name] = self._run_one(stage)
+        return self.results
+
+    def _run_one(self, stage: Stage) -> Any:
+        key = "" if stage.key_from_result else self.key(stage)
+        inputs = StageInputs({name: self.results[name] for name in stage.reads}, key, self.cache, self.dirs)
+        compute = lambda: stage.run(self.cfg, inputs)  # noqa: E731
+        label = stage.label or stage.name
+        if stage.cache == "model":
+            result = cached_model(self.cache, key, label, compute)
+        elif stage.cache == "arrays":
+            result = cached_arrays(self.cache, key, label, compute)
+        else:
+            result = compute()
+        if stage.key_from_result:
+            key = self.cache.key(stage.name, reads={name: self.keys[name] for name in stage.reads},
+                                 code=source_digest(stage.modules, stage.run), result=stage.key_from_result(result))
+        self.keys[stage.name] = key
+        return result

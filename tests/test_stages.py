@@ -1,0 +1,129 @@
+"""The stage runner: what a stage's cache key covers, what a stage may read, and (on a real
+`--quick` run of a copy of the project) that editing a presentation module keeps every trained
+model and adversarial set while editing model.py recomputes them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess  # nosec B404 - tests run a copy of the project's own script
+import sys
+
+import numpy as np
+import pytest
+from conftest import ROOT
+
+from secure_ai_mnist import stages
+from secure_ai_mnist.cache import StageCache
+from secure_ai_mnist.config import Config
+
+
+def make(cfg: Config, cache_root=None) -> stages.Runner:
+    return stages.Runner(cfg, StageCache(cache_root), {"images": ROOT, "models": ROOT, "root": ROOT})
+
+
+def source(cfg: Config, inputs: stages.StageInputs) -> np.ndarray:
+    return np.arange(cfg.seed)
+
+
+def double(cfg: Config, inputs: stages.StageInputs) -> tuple[np.ndarray, dict]:
+    return 2 * inputs["source"], {"epochs": cfg.epochs}
+
+
+def sneaky(cfg: Config, inputs: stages.StageInputs) -> int:
+    return len(inputs["source"])  # not declared in reads
+
+
+def toy_pipeline(modules=("model",)) -> list[stages.Stage]:
+    return [stages.Stage("source", source, config=("seed",)),
+            stages.Stage("double", double, reads=("source",), config=("epochs",), modules=modules, cache="arrays")]
+
+
+def test_key_covers_declared_config_reads_and_code_only():
+    base = make(Config(seed=5, epochs=2))
+    base.run(toy_pipeline())
+    np.testing.assert_array_equal(base.results["double"][0], 2 * np.arange(5))
+    same = make(Config(seed=5, epochs=2, fgsm_eps=0.1))  # an undeclared field
+    same.run(toy_pipeline())
+    assert same.keys == base.keys
+    other_epochs = make(Config(seed=5, epochs=3))
+    other_epochs.run(toy_pipeline())
+    assert other_epochs.keys["source"] == base.keys["source"] and other_epochs.keys["double"] != base.keys["double"]
+    other_seed = make(Config(seed=6, epochs=2))  # a read stage's key changes, so the reader's does
+    other_seed.run(toy_pipeline())
+    assert other_seed.keys["double"] != base.keys["double"]
+    other_code = make(Config(seed=5, epochs=2))
+    other_code.run(toy_pipeline(modules=("attacks",)))
+    assert other_code.keys["double"] != base.keys["double"]
+
+
+def test_cached_stage_is_reused_and_reported(tmp_path):
+    first = make(Config(seed=4), tmp_path)
+    first.run(toy_pipeline())
+    again = make(Config(seed=4), tmp_path)
+    again.run(toy_pipeline())
+    assert first.cache.hits == [] and again.cache.hits == ["double"]
+    np.testing.assert_array_equal(again.results["double"][0], first.results["double"][0])
+
+
+def test_undeclared_reads_and_bad_declarations_are_refused():
+    with pytest.raises(KeyError, match="not declared"):
+        make(Config(seed=3)).run([stages.Stage("source", source), stages.Stage("sneaky", sneaky)])
+    with pytest.raises(ValueError, match="no earlier stage"):
+        make(Config(seed=3)).run([stages.Stage("double", double, reads=("source",))])
+    with pytest.raises(ValueError, match="may not depend"):
+        stages.Stage("x", double, modules=("plots",), cache="arrays")
+    with pytest.raises(ValueError, match="no module"):
+        stages.Stage("x", double, modules=("nonexistent",))
+
+
+def test_entry_pipeline_declares_consistent_stages():
+    import secure_ai_mnist_main as entry
+
+    cfg = Config(defense="fgsm,fgsm-rs,pgd,robust", poison_sweep="0,10")
+    declared = entry.pipeline(cfg)
+    names = [s.name for s in declared]
+    for position, stage in enumerate(declared):
+        assert set(stage.reads) <= set(names[:position]), stage.name
+        assert set(stage.config) <= {f.name for f in dataclasses.fields(Config)}, stage.name
+        if stage.cache:
+            assert not stages.PRESENTATION_MODULES & set(stage.modules)
+    trained = {"baseline", "poisoned", "poison_cleaned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd",
+               "defense_robust"}
+    assert {s.name for s in declared if s.cache == "model"} == trained
+
+
+def run_copy(project, *args: str) -> dict:
+    proc = subprocess.run(  # nosec B603 - this interpreter, the copied script, test-chosen arguments
+        [sys.executable, str(project / "secure_ai_mnist_main.py"), *args], capture_output=True, text=True,
+        cwd=project, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = args[args.index("--output-dir") + 1]
+    return json.loads((project / out / "metrics_summary_tasks5_6_7.json").read_text())
+
+
+def append_comment(path) -> None:
+    path.write_text(path.read_text() + "\n# an edit for the cache test\n")
+
+
+def test_editing_presentation_keeps_models_and_editing_model_py_recomputes(quick_run, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "secure_ai_mnist", project / "secure_ai_mnist",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy2(ROOT / "secure_ai_mnist_main.py", project)
+    for module in ("report.py", "plots.py", "inference.py"):
+        append_comment(project / "secure_ai_mnist" / module)
+    first = json.loads(quick_run["json"].read_text())
+    edited = run_copy(project, *quick_run["args"], "--output-dir", "out_presentation")
+    reused = set(edited["cache"]["reused"])
+    models = {"baseline model", "poisoned model", "model retrained without flagged samples", "FGSM-trained defense",
+              "fgsm-rs defense", "pgd defense", "robust defense"}
+    adversarial = {"FGSM train set", "FGSM test set", "FGSM test set vs defense"} | {
+        f"PGD set vs {n}" for n in first["pgd"]["per_model"]}
+    assert models | adversarial | {"poison detection flags"} <= reused
+    assert edited["results_table"] == first["results_table"]
+
+    append_comment(project / "secure_ai_mnist" / "model.py")
+    recomputed = run_copy(project, *quick_run["args"], "--output-dir", "out_model")
+    assert not (models | adversarial) & set(recomputed["cache"]["reused"])
