@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from secure_ai_mnist.attacks import generate_fgsm, generate_pgd
+from secure_ai_mnist.autoattack import ATTACKS, autoattack
 from secure_ai_mnist.backdoor import (
     attack_success_rate,
     backdoor_summary,
@@ -90,6 +91,8 @@ TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
 TRIGGER = ("poison_count", "target_class", "trigger_size", "trigger_margin", "seed")
 FGSM = ("fgsm_eps", "attack_backend")
 PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
+AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
+              "stability_limit", "seed")
 ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
 
 
@@ -265,6 +268,15 @@ def eps_curve_of(name: str) -> Callable[[Config, StageInputs], tuple[np.ndarray,
     return run
 
 
+def autoattack_against(name: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict[str, Any]]]:
+    """Stage: AutoAttack-style ensemble on the PGD subset against model ``name``, seeded per model."""
+    def run(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+        d, idx = inputs["data"], inputs["pgd_subset"]
+        rng = np.random.default_rng(stage_seed(cfg.seed, f"autoattack:{name}"))
+        return autoattack(inputs[name][0], d["x_test"][idx], d["y_test"][idx], cfg, rng, name)
+    return run
+
+
 def robustness(names: tuple[str, ...]) -> Callable[[Config, StageInputs], dict[str, Any]]:
     """Stage: PGD evaluations, FGSM/PGD transfer tables and the eps-curve figure over ``names``."""
     def run(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
@@ -336,6 +348,8 @@ def pipeline(cfg: Config) -> list[Stage]:
         *(Stage(f"eps_curve:{n}", eps_curve_of(n), reads=("data", "pgd_subset", n), config=(*PGD, "curve_limit"),
                 modules=("attacks", "evaluation", "config"), cache="arrays", label=f"eps curve of {n}")
           for n in attacked if n != "poisoned"),
+        *(Stage(f"autoattack:{n}", autoattack_against(n), reads=("data", "pgd_subset", n), config=AUTOATTACK,
+                modules=("autoattack", "attacks"), cache="arrays", label=f"AutoAttack vs {n}") for n in attacked),
         Stage("robustness", robustness(attacked), title="robustness: transfer tables, accuracy vs eps",
               reads=("data", "pgd_subset", *attacked, *(f"pgd:{n}" for n in attacked),
                      *(f"eps_curve:{n}" for n in attacked if n != "poisoned"))),
@@ -393,12 +407,22 @@ def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dic
     return backdoor
 
 
+def autoattack_entry(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
+    """summary["autoattack"]: the ensemble's settings and each attacked model's result."""
+    return {"attacks": ATTACKS, "eps": cfg.pgd_eps, "iterations": cfg.autoattack_iters,
+            "target_classes": cfg.autoattack_targets, "square_queries": cfg.square_queries,
+            "square_limit": cfg.square_limit, "n_test_images": int(len(r["pgd_subset"])),
+            "subset_sha256": sha256_bytes(r["pgd_subset"].tobytes()),
+            "per_model": {name: r[f"autoattack:{name}"][1] for name in attacked_models(cfg)}}
+
+
 def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]:
     """The metrics JSON (without bandit, manifest and report path), from the stage results."""
     r, source = runner.results, runner.results["data"]["source"]
     models = model_entries(cfg, r)
     backdoor = backdoor_entry(cfg, r, {name: entry["eval"] for name, entry in models.items()})
     study = {k: v for k, v in r["robustness"].items() if k != "pgd_evals"}
+    robust = autoattack_entry(cfg, r)
     fgsm_info = {"train_vs_baseline": r["fgsm_train"][1], "test_vs_baseline": r["fgsm_test"][1],
                  "test_vs_defense_whitebox": r["fgsm_test_defense"][1]}
     return {
@@ -416,13 +440,14 @@ def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]
                  if cfg.attack_backend == "compiled" else "adversarial-robustness-toolbox FastGradientMethod",
                  "norm": "inf", "targeted": False, "labels": "true labels", "eps": cfg.fgsm_eps, **fgsm_info},
         **study,
-        "sanity_checks": sanity_checks(models, study["transfer"]["accuracy"], study["accuracy_vs_eps"], cfg),
+        "autoattack": robust,
+        "sanity_checks": sanity_checks(models, study["transfer"]["accuracy"], study["accuracy_vs_eps"], cfg, robust),
         "cache": {"enabled": not cfg.no_cache, "reused": runner.cache.hits, "code_version": code_version()},
         "timings_s": {**runner.timings, "total": round(time.time() - started, 3)},
         "images": {"training_curves": r["saved"]["training_curves"], "poison_examples": r["trigger_controls"]["png"],
                    "fgsm_examples": r["baseline_fgsm_eval"]["png"], "accuracy_vs_eps": study["accuracy_vs_eps"]["png"],
                    **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
-        "results_table": results_table(models, backdoor),
+        "results_table": results_table(models, backdoor, robust),
     }
 
 

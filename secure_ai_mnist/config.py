@@ -43,7 +43,9 @@ class Config:
                          "guard) and evaluate PGD on all test images with 3 restarts, unless those flags are given",
                          choices=("standard", "robust"))
     quick: bool = _opt(
-        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200, eps curves on 50) unless those flags are given"
+        False, "smoke run on a small real subset (2,000 train / 500 test, 1 epoch, PGD-10 with step 0.03 on 200, "
+        "eps curves on 50, AutoAttack with 20 APGD iterations, 3 targets and 200 Square queries on 50) unless those "
+        "flags are given"
     )
     train_limit: int = _opt(0, "use this many training images, sampled without replacement (0 = all 60,000)")
     test_limit: int = _opt(0, "use this many test images, sampled without replacement (0 = all 10,000)")
@@ -80,7 +82,16 @@ class Config:
     pgd_restarts: int = _opt(1, "PGD random starts; a sample is robust only if it survives all of them")
     pgd_limit: int = _opt(1000, "test images attacked with PGD (and the transfer table), drawn without "
                                 "replacement (0 = all)")
-    curve_limit: int = _opt(300, "of those, images used for the accuracy-vs-eps curves (0 = all of them)")
+    autoattack_iters: int = _opt(100, "iterations of each APGD run in the AutoAttack evaluation (APGD-CE, then "
+                                      "targeted APGD-DLR per target class)")
+    autoattack_targets: int = _opt(9, "target classes of targeted APGD-DLR: the top-k other classes by the clean "
+                                      "logits (9 = all, AutoAttack's standard)")
+    square_queries: int = _opt(5000, "queries of the black-box Square attack in the AutoAttack evaluation "
+                                     "(0 = skip Square)")
+    square_limit: int = _opt(1000, "the first this many PGD images also get the Square attack")
+    stability_limit: int = _opt(200, "the first this many PGD images are attacked again with twice the APGD "
+                                     "iterations, to check that the robust accuracy has converged (0 = skip)")
+    curve_limit: int = _opt(300, "the first this many PGD images are used for the accuracy-vs-eps curves (0 = all of them)")
     attack_batch_size: int = _opt(64, "batch size for crafting adversarial examples and for inference "
                                   "(64 measured fastest on a 2-core CPU)")
     threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
@@ -119,6 +130,11 @@ class Config:
             (0 <= self.detection_fraction < 1, "--detection-fraction must be in [0, 1)"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
+            (self.autoattack_iters >= 1, "--autoattack-iters must be >= 1"),
+            (1 <= self.autoattack_targets <= NUM_CLASSES - 1, "--autoattack-targets must be between 1 and 9"),
+            (self.square_queries >= 0, "--square-queries must be >= 0 (0 = no Square attack)"),
+            (self.square_limit >= 0, "--square-limit must be >= 0"),
+            (self.stability_limit >= 0, "--stability-limit must be >= 0 (0 = skip)"),
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
             (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),
             (self.threads >= 0, "--threads must be >= 0"),
@@ -141,7 +157,8 @@ class Config:
 # eps values of the accuracy-vs-eps curves; 1.0 shows whether accuracy falls to chance.
 EPS_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 1.0)
 QUICK_DEFAULTS = {"train_limit": 2000, "test_limit": 500, "epochs": 1, "pgd_limit": 200, "pgd_steps": 10,
-                  "pgd_step_size": 0.03, "curve_limit": 50}
+                  "pgd_step_size": 0.03, "curve_limit": 50, "autoattack_iters": 20, "autoattack_targets": 3,
+                  "square_queries": 200, "square_limit": 50, "stability_limit": 50}
 ROBUST_DEFAULTS = {"defense": "fgsm,robust", "pgd_limit": 0, "pgd_restarts": 3}
 
 

@@ -37,6 +37,7 @@ REQUIRED_SUMMARY_KEYS = {
     "pgd": dict,
     "transfer": dict,
     "accuracy_vs_eps": dict,
+    "autoattack": dict,
     "sanity_checks": dict,
     "cache": dict,
     "timings_s": dict,
@@ -77,6 +78,11 @@ def validate_summary(summary: dict[str, Any]) -> None:
                 raise ValueError(f"confusion matrix of {model_name}/{set_name} does not match n")
             if not 0.0 <= metrics["accuracy"] <= 1.0:
                 raise ValueError(f"accuracy of {model_name}/{set_name} outside [0, 1]")
+    for model_name, result in summary["autoattack"].get("per_model", {}).items():
+        if not {"robust_accuracy", "ci95", "n", "per_attack", "time_s"} <= result.keys():
+            raise ValueError(f"summary['autoattack']['per_model'][{model_name!r}] incomplete")
+        if not 0.0 <= result["robust_accuracy"] <= 1.0:
+            raise ValueError(f"AutoAttack accuracy of {model_name} outside [0, 1]")
     backdoor = summary["backdoor"]
     for key in ("attack_success_rate", "poison_count", "target_class", "trigger_controls", "detection", "removal",
                 "sweep"):
@@ -117,7 +123,7 @@ def host_summary() -> dict[str, Any]:
     return {"platform": platform.platform(), "machine": platform.machine(), "cpu_count": os.cpu_count()}
 
 
-def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
+def results_table(models: dict[str, Any], backdoor: dict[str, Any], autoattack: dict[str, Any] | None = None) -> str:
     """Markdown table of the headline numbers, built only from measured values."""
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.2f}%"
@@ -138,20 +144,22 @@ def results_table(models: dict[str, Any], backdoor: dict[str, Any]) -> str:
     ]
     lines = [
         "| model | clean acc | triggered acc | backdoor ASR | FGSM acc (crafted on baseline, transfer) "
-        "| FGSM acc (white-box) | PGD acc (white-box) |",
-        "|---|---|---|---|---|---|---|",
+        "| FGSM acc (white-box) | PGD acc (white-box) | AutoAttack acc (white-box + Square) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in models.items():
         if name.startswith("defense_") and name != "defense_fgsm":
             rows.append((name, acc(name, "clean"), None, None, acc(name, "fgsm_transfer_from_baseline"),
                          acc(name, "fgsm_whitebox"), acc(name, "pgd_whitebox")))
+    robust = {name: r["robust_accuracy"] for name, r in (autoattack or {}).get("per_model", {}).items()}
     for name, *values in rows:
-        lines.append("| " + " | ".join([name, *(pct(v) for v in values)]) + " |")
+        lines.append("| " + " | ".join([name, *(pct(v) for v in values), pct(robust.get(name))]) + " |")
     return "\n".join(lines)
 
 
 def sanity_checks(
-    models: dict[str, Any], transfer: dict[str, dict[str, dict[str, float]]], curves: dict[str, Any], cfg: Config
+    models: dict[str, Any], transfer: dict[str, dict[str, dict[str, float]]], curves: dict[str, Any], cfg: Config,
+    autoattack: dict[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Checks from the adversarial-evaluation literature; passed is True, False, or None (not applicable).
 
@@ -195,6 +203,46 @@ def sanity_checks(
                        "the run stops with an error otherwise",
         "passed": True,
     }
+    tolerance = 1 / max(curves["n"], 1)
+    checks["eps_curve_monotone"] = {
+        "description": "white-box PGD accuracy does not rise with eps (one image of slack per step)",
+        "passed": all(b <= a + tolerance for accs in curves["pgd"].values() for a, b in zip(accs, accs[1:])),
+        "pgd_accuracy": curves["pgd"],
+    }
+    if autoattack:
+        for name, result in autoattack["per_model"].items():
+            checks.update(attack_failure_checks(name, result, transfer))
+    return checks
+
+
+def attack_failure_checks(name: str, result: dict[str, Any], transfer: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Indicators of attack failure (Carlini et al. 2019; Pintor et al. 2022) for one model's
+    AutoAttack result: attack strength order, Square against the white-box attacks, convergence
+    when the iterations double, and zero input gradients. passed None = not applicable."""
+    order = {"fgsm": transfer["fgsm"][name][name], "pgd": transfer["pgd"][name][name],
+             "apgd_ce": result["per_attack"]["apgd_ce"], "autoattack": result["robust_accuracy"]}
+    values = list(order.values())
+    checks = {f"attack_strength_order_{name}": {
+        "description": f"{name}: FGSM >= PGD >= APGD-CE >= AutoAttack accuracy on the same images",
+        "passed": all(a >= b for a, b in zip(values, values[1:])), **{f"{k}_accuracy": v for k, v in order.items()}}}
+    square = result["per_attack"].get("square")
+    if square is not None:
+        drop = square["accuracy_before"] - square["accuracy_after"]
+        checks[f"square_not_stronger_than_whitebox_{name}"] = {
+            "description": f"{name}: black-box Square lowers the white-box attacks' accuracy by at most 0.5 points "
+                           "(more means the gradients mislead the white-box attacks)",
+            "passed": None if square["accuracy_before"] == 0 else drop <= 0.005, "drop_points": 100 * drop,
+            "n": square["n"]}
+    stability = result["checks"]["stability"]
+    if stability["n"]:
+        move = abs(stability["accuracy"][1] - stability["accuracy"][0])
+        checks[f"attack_converged_{name}"] = {
+            "description": f"{name}: doubling the APGD iterations changes the robust accuracy by < 0.5 points",
+            "passed": move < 0.005, "change_points": 100 * move, **stability}
+    share = result["checks"]["zero_gradient_share"]
+    checks[f"no_zero_gradients_{name}"] = {
+        "description": f"{name}: under 1% of the points have an all-zero input gradient (gradient masking)",
+        "passed": share < 0.01, "zero_gradient_share": share}
     return checks
 
 
@@ -393,6 +441,7 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         f"- PGD: L-inf, eps {pgd_cfg['pgd_eps']}, step {pgd_cfg['pgd_step_size']}, {pgd_cfg['pgd_steps']} steps, "
         f"{pgd_cfg['pgd_restarts']} random start(s), white-box against every model on "
         f"{summary['pgd']['n_test_images']} test images.",
+        *autoattack_lines(summary.get("autoattack")),
         "",
         _image(root, img["poison_examples"], "poisoned training examples"),
         "",
@@ -449,6 +498,22 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
                   "", _image(root, sweep["png"], "ASR vs poison count"), ""]
     lines += ["## 6. Conclusions", "", *conclusions(summary)]
     return "\n".join(lines) + "\n"
+
+
+def autoattack_lines(autoattack: dict[str, Any] | None) -> list[str]:
+    """Section 4's AutoAttack bullets: the attacks, their settings and each model's result with its CI."""
+    if not autoattack:
+        return []
+    lines = [f"- AutoAttack ({autoattack['attacks']}): eps {autoattack['eps']}, {autoattack['iterations']} APGD "
+             f"iterations, {autoattack['target_classes']} target classes, Square with {autoattack['square_queries']} "
+             f"queries on the first {autoattack['square_limit']} images; each attack on the points still robust, "
+             f"worst case per point, on the {autoattack['n_test_images']} PGD test images."]
+    for name, r in autoattack["per_model"].items():
+        low, high = r["ci95"]
+        lines.append(f"  - {name}: {_pct(r['robust_accuracy'])} (95% CI {_pct(low)} to {_pct(high)}; after APGD-CE "
+                     f"{_pct(r['per_attack']['apgd_ce'])}, after APGD-T {_pct(r['per_attack']['apgd_t'])}; "
+                     f"{r['time_s']:.0f} s)")
+    return lines
 
 
 def conclusions(summary: dict[str, Any]) -> list[str]:

@@ -55,7 +55,8 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     assert set(second["cache"]["reused"]) == (
         {"baseline model", "poisoned model", "FGSM train set", "FGSM test set", "FGSM-trained defense",
          "FGSM test set vs defense", "fgsm-rs defense", "pgd defense", "robust defense"} | backdoor_stages
-        | {f"PGD set vs {n}" for n in names} | {f"eps curve of {n}" for n in names if n != "poisoned"})
+        | {f"PGD set vs {n}" for n in names} | {f"AutoAttack vs {n}" for n in names}
+        | {f"eps curve of {n}" for n in names if n != "poisoned"})
     for detector in ("activation_clustering", "spectral_signature"):  # seeded: the same flags on a rerun
         for key in ("flagged", "true_positives", "false_positives", "f1"):
             assert second["backdoor"]["detection"][detector][key] == first["backdoor"]["detection"][detector][key]
@@ -70,7 +71,8 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     third = json.loads((out3 / "metrics_summary_tasks5_6_7.json").read_text())
     reused = set(third["cache"]["reused"])
-    assert {h for h in reused if not h.startswith(("PGD set", "eps curve"))} == {
+    assert {h for h in reused if not h.startswith(("PGD set", "eps curve", "AutoAttack"))} == {
         "baseline model", "poisoned model", "fgsm-rs defense", "pgd defense", "robust defense"} | backdoor_stages
     assert "PGD set vs baseline" in reused and "PGD set vs defense_fgsm" not in reused
     assert "eps curve of defense_fgsm" not in reused
+    assert "AutoAttack vs baseline" in reused and "AutoAttack vs defense_fgsm" not in reused

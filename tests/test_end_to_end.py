@@ -49,6 +49,17 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
     for name in ("baseline", "defense_fgsm"):
         assert len(curves["pgd"][name]) == len(curves["eps"]) == len(curves["fgsm"][name])
 
+    robust = summary["autoattack"]
+    assert sorted(robust["per_model"]) == sorted(names) and robust["n_test_images"] == 200
+    assert robust["subset_sha256"] == summary["pgd"]["subset_sha256"]
+    for name, result in robust["per_model"].items():
+        after = result["per_attack"]
+        assert result["n"] == 200 and result["ci95"][0] <= result["robust_accuracy"] <= result["ci95"][1]
+        # each attack runs on the survivors of the one before: accuracy can only fall
+        assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= result["robust_accuracy"], name
+        assert f"attack_strength_order_{name}" in summary["sanity_checks"]
+    assert "| AutoAttack acc" in summary["results_table"]
+
     asr = summary["backdoor"]["attack_success_rate"]
     assert 0.0 <= asr["baseline"] <= 1.0 and 0.0 <= asr["poisoned"] <= 1.0
     base = summary["models"]["baseline"]["eval"]

@@ -51,23 +51,25 @@ def test_sanity_checks_flag_a_planted_violation(quick_run):
     cfg = Config(fgsm_eps=0.3, pgd_eps=0.3)
     good = {"pgd": {"a": {"a": 0.0, "b": 0.5}, "b": {"a": 0.6, "b": 0.1}},
             "fgsm": {"a": {"a": 0.2, "b": 0.7}, "b": {"a": 0.8, "b": 0.3}}}
-    curves = {"eps": [0.0, 0.3, 1.0], "pgd": {"a": [0.99, 0.0, 0.0], "b": [0.99, 0.1, 0.05]}}
+    curves = {"eps": [0.0, 0.3, 1.0], "n": 100, "pgd": {"a": [0.99, 0.0, 0.0], "b": [0.99, 0.1, 0.05]}}
     models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.1
     models["defense_fgsm"]["eval"]["fgsm_transfer_from_baseline"]["accuracy"] = 0.5
     checks = report.sanity_checks(models, good, curves, cfg)
     assert all(c["passed"] for c in checks.values()), checks
 
     # Planted violations: PGD weaker than FGSM on a, transfer stronger than white-box on b,
-    # accuracy far above chance at eps 1, white-box FGSM weaker than transfer on the full test set.
+    # accuracy far above chance at eps 1 and rising with eps, white-box FGSM weaker than transfer
+    # on the full test set.
     bad = json.loads(json.dumps(good))
     bad["pgd"]["a"]["a"] = 0.25
     bad["fgsm"]["a"]["b"] = 0.05
-    bad_curves = {"eps": [0.0, 1.0], "pgd": {"a": [0.99, 0.6]}}
+    bad_curves = {"eps": [0.0, 0.5, 1.0], "n": 100, "pgd": {"a": [0.99, 0.3, 0.6]}}
     models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.9
     checks = report.sanity_checks(models, bad, bad_curves, cfg)
     failed = {name for name, c in checks.items() if c["passed"] is False}
     assert failed == {"pgd_not_weaker_than_fgsm_a", "whitebox_not_weaker_than_transfer_fgsm_b",
-                      "accuracy_near_chance_at_eps_1", "whitebox_not_weaker_than_transfer_full_test_set_defense_fgsm"}
+                      "accuracy_near_chance_at_eps_1", "eps_curve_monotone",
+                      "whitebox_not_weaker_than_transfer_full_test_set_defense_fgsm"}
     # Different eps for PGD and FGSM: the comparison does not apply.
     assert report.sanity_checks(models, bad, bad_curves, Config(pgd_eps=0.2))[
         "pgd_not_weaker_than_fgsm_a"]["passed"] is None

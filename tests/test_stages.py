@@ -120,7 +120,7 @@ def test_editing_presentation_keeps_models_and_editing_model_py_recomputes(quick
     models = {"baseline model", "poisoned model", "model retrained without flagged samples", "FGSM-trained defense",
               "fgsm-rs defense", "pgd defense", "robust defense"}
     adversarial = {"FGSM train set", "FGSM test set", "FGSM test set vs defense"} | {
-        f"PGD set vs {n}" for n in first["pgd"]["per_model"]}
+        f"{attack} vs {n}" for n in first["pgd"]["per_model"] for attack in ("PGD set", "AutoAttack")}
     assert models | adversarial | {"poison detection flags"} <= reused
     assert edited["results_table"] == first["results_table"]
 

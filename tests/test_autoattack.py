@@ -1,0 +1,96 @@
+"""AutoAttack pieces: APGD's schedule, our APGD held against ART's, the ensemble's order and
+bounds, the confidence interval and the attack-failure indicators."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import synthetic_digits
+
+from secure_ai_mnist import autoattack, report
+from secure_ai_mnist.config import Config
+
+EPS = 0.25  # the tiny model keeps part of its accuracy here, so the attacks can be compared
+
+
+def test_checkpoints_follow_the_paper():
+    assert autoattack.apgd_checkpoints(100).tolist() == [0, 22, 41, 57, 70, 80, 87, 93, 99]
+    spans = autoattack.apgd_schedule(100)
+    assert spans.shape == (100,) and spans[21] == 22 and spans[40] == 19 and spans[98] == 6
+    assert np.count_nonzero(spans) == 8
+
+
+@pytest.fixture(scope="module")
+def probe():
+    x, y = synthetic_digits(np.random.default_rng(7), 200)
+    return x, y
+
+
+def test_ours_at_least_as_strong_as_art_apgd(tiny_model, probe):
+    from art.attacks.evasion import AutoProjectedGradientDescent
+
+    from secure_ai_mnist.attacks import art_classifier
+
+    x, y = probe
+    n_iter = 30
+    ours, fooled = autoattack.run_apgd(tiny_model, x, y, y, "ce", EPS, n_iter, np.random.default_rng(0), 64)
+    assert np.max(np.abs(ours - x)) <= EPS + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+    art = AutoProjectedGradientDescent(art_classifier(tiny_model), norm=np.inf, eps=EPS, eps_step=2 * EPS,
+                                       max_iter=n_iter, targeted=False, nb_random_init=1, batch_size=64,
+                                       loss_type="cross_entropy", verbose=False)
+    x_art = art.generate(x=x, y=np.eye(10, dtype=np.float32)[y])
+    art_acc = float(np.mean(autoattack.predicted(tiny_model, x_art, 64).argmax(1) == y))
+    our_acc = float(np.mean(~fooled))
+    # the flag agrees with the images returned
+    assert our_acc == pytest.approx(np.mean(autoattack.predicted(tiny_model, ours, 64).argmax(1) == y))
+    clean = float(np.mean(autoattack.predicted(tiny_model, x, 64).argmax(1) == y))
+    assert 0.05 < art_acc < clean, "the comparison needs an eps where the attack half-works"
+    # within sampling noise: two standard errors of a proportion on 200 points
+    assert our_acc <= art_acc + 2 * np.sqrt(art_acc * (1 - art_acc) / len(y)), (our_acc, art_acc)
+
+
+def test_ensemble_is_cumulative_and_worst_case(tiny_model, probe):
+    x, y = probe
+    cfg = Config(pgd_eps=EPS, autoattack_iters=20, autoattack_targets=3, square_queries=50, square_limit=40,
+                 stability_limit=30)
+    robust, info = autoattack.autoattack(tiny_model, x, y, cfg, np.random.default_rng(1), "tiny")
+    after = info["per_attack"]
+    assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= info["robust_accuracy"]
+    assert info["robust_accuracy"] == pytest.approx(robust.mean())
+    assert after["square"]["accuracy_after"] <= after["square"]["accuracy_before"]
+    low, high = info["ci95"]
+    assert low <= info["robust_accuracy"] <= high
+    stability = info["checks"]["stability"]
+    assert stability["n"] == 30 and len(stability["accuracy"]) == 2
+    assert 0.0 <= info["checks"]["zero_gradient_share"] < 0.01
+
+
+def test_zero_gradient_share_sees_a_flat_model():
+    import keras
+
+    inputs = keras.Input((28, 28, 1))
+    logits = keras.layers.Dense(10, kernel_initializer="zeros", name="logits")(keras.layers.Flatten()(inputs))
+    flat = keras.Model(inputs, keras.layers.Softmax()(logits))
+    x, y = synthetic_digits(np.random.default_rng(3), 20)
+    assert autoattack.zero_gradient_share(flat, x, y, 8) == 1.0
+
+
+def test_wilson_interval():
+    low, high = autoattack.wilson_ci95(50, 100)
+    assert low < 0.5 < high and high - low == pytest.approx(0.19, abs=0.01)
+    assert autoattack.wilson_ci95(0, 100)[0] == 0.0
+    assert np.isnan(autoattack.wilson_ci95(0, 0)).all()
+
+
+def test_failure_checks_flag_a_weaker_stronger_attack():
+    transfer = {"fgsm": {"m": {"m": 0.5}}, "pgd": {"m": {"m": 0.6}}}  # PGD weaker than FGSM: a failed attack
+    result = {"robust_accuracy": 0.4, "per_attack": {"apgd_ce": 0.45, "square": {
+        "n": 100, "accuracy_before": 0.4, "accuracy_after": 0.3}},
+        "checks": {"zero_gradient_share": 0.2, "stability": {"n": 10, "accuracy": [0.4, 0.3]}}}
+    checks = report.attack_failure_checks("m", result, transfer)
+    assert checks["attack_strength_order_m"]["passed"] is False
+    assert checks["square_not_stronger_than_whitebox_m"]["passed"] is False
+    assert checks["attack_converged_m"]["passed"] is False
+    assert checks["no_zero_gradients_m"]["passed"] is False
+    result["per_attack"]["square"]["accuracy_before"] = 0.0
+    assert report.attack_failure_checks("m", result, transfer)["square_not_stronger_than_whitebox_m"]["passed"] is None
