@@ -7,9 +7,11 @@ Pipeline (``python secure_ai_mnist_main.py``), declared in ``pipeline`` below:
   3. plant a corner-trigger backdoor through poisoned training data, detect and remove it;
   4. craft FGSM adversarial examples;
   5. adversarially train a fresh CNN and evaluate it (transferred and white-box FGSM);
-  6. white-box PGD on every model, transfer tables, accuracy-vs-eps curves, sanity checks;
-  7. write plots, models and ``metrics_summary_tasks5_6_7.json``.
-``python secure_ai_mnist_main.py predict IMAGE...`` classifies images with a verified model.
+  6. white-box PGD and AutoAttack on every model, transfer tables, accuracy-vs-eps curves,
+     attack-failure checks;
+  7. write plots, models, datasets, ``metrics_summary_tasks5_6_7.json``, REPORT.md and report.html.
+``python secure_ai_mnist_main.py predict IMAGE...`` classifies images with a verified model;
+``python secure_ai_mnist_main.py evaluate --model NAME --dataset FILE.npz`` scores one on a dataset file.
 Every number written is measured in the run that writes it. The stage functions below are
 thin: they pick their inputs and call the ``secure_ai_mnist`` package, where the science lives.
 """
@@ -20,6 +22,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +46,7 @@ from secure_ai_mnist.common import (
     ConfigError,
     RunLog,
     UserError,
+    one_line,
     prepare_output_dir,
     setup_logging,
     sha256_bytes,
@@ -50,9 +54,17 @@ from secure_ai_mnist.common import (
 )
 from secure_ai_mnist.config import EPS_GRID, Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
+from secure_ai_mnist.datasets import save_images, save_npz
 from secure_ai_mnist.defenses import detect_poison, mix_clean_and_adversarial, train_per_batch_adversarial
-from secure_ai_mnist.evaluation import eps_curve, evaluate, evaluate_clean_and_triggered, evaluate_defense, robustness_tables
-from secure_ai_mnist.inference import run_predict
+from secure_ai_mnist.evaluation import (
+    confusion_png,
+    eps_curve,
+    evaluate,
+    evaluate_clean_and_triggered,
+    evaluate_defense,
+    robustness_tables,
+)
+from secure_ai_mnist.inference import run_evaluate, run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
     layer_output,
@@ -155,7 +167,7 @@ def backdoor_controls(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     return {"controls": {name: trigger_controls(predicted_labels(inputs[name][0], cfg.attack_batch_size),
                                                 d["x_test"], d["y_test"], cfg) for name in ("baseline", "poisoned")},
             "png": plot_poison_examples(d["x_train"], p["x"], d["y_train"], p["y"], p["idx"],
-                                        inputs.images / "poison_examples.png")}
+                                        inputs.images / "method1_poison_examples.png")}
 
 
 def run_poison_detection(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
@@ -211,10 +223,10 @@ def fgsm_on(source: str, model: str, target: str) -> Callable[[Config, StageInpu
 def evaluate_baseline_fgsm(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     d, baseline, x_adv = inputs["data"], inputs["baseline"][0], inputs["fgsm_test"][0]
     metrics, adv_pred = evaluate(baseline, x_adv, d["y_test"], "Baseline - FGSM test set",
-                                 inputs.images / "cm_baseline_fgsm.png", cfg)
+                                 confusion_png(inputs.images, "baseline", "fgsm"), cfg)
     clean_pred = np.argmax(predict_probabilities(baseline, d["x_test"][:5], cfg.attack_batch_size)[0], axis=1)
     png = plot_fgsm_examples(d["x_test"][:5], x_adv[:5], d["y_test"][:5], clean_pred, adv_pred[:5], cfg.fgsm_eps,
-                             inputs.images / "fgsm_examples.png")
+                             inputs.images / "method2_clean_vs_fgsm.png")
     return {"metrics": metrics, "png": png}
 
 
@@ -226,13 +238,13 @@ def train_fgsm_defense(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str,
 
 
 def evaluate_fgsm_defense(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    d, net, img = inputs["data"], inputs["defense_fgsm"][0], inputs.images
-    sets = {"clean": (d["x_test"], "FGSM-trained defense - clean test set", "cm_defense_clean.png"),
-            "fgsm_transfer_from_baseline": (inputs["fgsm_test"][0], "Defense - FGSM crafted on baseline (transfer)",
-                                            "cm_defense_fgsm_transfer.png"),
-            "fgsm_whitebox": (inputs["fgsm_test_defense"][0], "Defense - FGSM crafted on defense (white-box)",
-                              "cm_defense_fgsm_whitebox.png")}
-    return {key: evaluate(net, x, d["y_test"], title, img / png, cfg)[0] for key, (x, title, png) in sets.items()}
+    d, net = inputs["data"], inputs["defense_fgsm"][0]
+    sets = {"clean": (d["x_test"], "FGSM-trained defense - clean test set"),
+            "fgsm_transfer_from_baseline": (inputs["fgsm_test"][0],
+                                            "Defense - FGSM crafted on the baseline (the seed's FGSM test set)"),
+            "fgsm_whitebox": (inputs["fgsm_test_defense"][0], "Defense - FGSM crafted on the defense (white-box)")}
+    return {key: evaluate(net, x, d["y_test"], title, confusion_png(inputs.images, "defense_fgsm", key), cfg)[0]
+            for key, (x, title) in sets.items()}
 
 
 def per_batch_defense(method: str, name: str) -> Callable[[Config, StageInputs], tuple[Any, dict[str, Any]]]:
@@ -296,6 +308,33 @@ def save_models(names: tuple[str, ...]) -> Callable[[Config, StageInputs], dict[
     return run
 
 
+def export_datasets(cfg: Config, inputs: StageInputs) -> dict[str, dict[str, str]]:
+    """datasets/: the FGSM test sets (vs the baseline and vs the FGSM defense), the triggered test
+    set and the poisoning record (indices, labels, trigger); the FGSM training set on request."""
+    d, p, out = inputs["data"], inputs["poison"], inputs.dirs["root"] / "datasets"
+    model_sha = {name: entry["sha256"] for name, entry in inputs["saved"]["files"].items()}
+    files = {
+        "fgsm_test_vs_baseline": save_images(out / "fgsm_test_vs_baseline.npz", inputs["fgsm_test"][0], d["y_test"],
+                                             cfg.fgsm_eps, model_sha["baseline"], "FGSM test set crafted on baseline"),
+        "fgsm_test_vs_defense": save_images(out / "fgsm_test_vs_defense.npz", inputs["fgsm_test_defense"][0],
+                                            d["y_test"], cfg.fgsm_eps, model_sha["defense_fgsm"],
+                                            "FGSM test set crafted on defense_fgsm (white-box)"),
+        "triggered_test": save_images(out / "triggered_test.npz", p["x_test_triggered"], d["y_test"], 0.0, "",
+                                      "test set with the backdoor trigger", target_class=cfg.target_class,
+                                      trigger_size=cfg.trigger_size, trigger_margin=cfg.trigger_margin),
+        "poisoned_train": save_npz(out / "poisoned_train.npz", mnist_train_indices=d["train_idx"],
+                                   poison_indices=p["idx"], original_labels=d["y_train"][p["idx"]],
+                                   new_labels=p["y"][p["idx"]], target_class=cfg.target_class,
+                                   trigger_size=cfg.trigger_size, trigger_margin=cfg.trigger_margin,
+                                   trigger_corner=np.str_("bottom-right"), trigger_value=np.float32(1.0)),
+    }
+    if cfg.export_train_sets:
+        files["fgsm_train_vs_baseline"] = save_images(
+            out / "fgsm_train_vs_baseline.npz", inputs["fgsm_train"][0], d["y_train"], cfg.fgsm_eps,
+            model_sha["baseline"], "FGSM training set crafted on baseline (the defense's training data)")
+    return files
+
+
 # ---- the pipeline: every stage in the order it runs ---------------------------------------
 
 def attacked_models(cfg: Config) -> tuple[str, ...]:
@@ -354,6 +393,8 @@ def pipeline(cfg: Config) -> list[Stage]:
               reads=("data", "pgd_subset", *attacked, *(f"pgd:{n}" for n in attacked),
                      *(f"eps_curve:{n}" for n in attacked if n != "poisoned"))),
         Stage("saved", save_models(trained), reads=trained, title="save models and plots"),
+        Stage("datasets", export_datasets, reads=("data", "poison", "fgsm_train", "fgsm_test", "fgsm_test_defense",
+                                                  "saved"), title="write datasets"),
     ]
 
 
@@ -444,10 +485,13 @@ def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]
         "sanity_checks": sanity_checks(models, study["transfer"]["accuracy"], study["accuracy_vs_eps"], cfg, robust),
         "cache": {"enabled": not cfg.no_cache, "reused": runner.cache.hits, "code_version": code_version()},
         "timings_s": {**runner.timings, "total": round(time.time() - started, 3)},
-        "images": {"training_curves": r["saved"]["training_curves"], "poison_examples": r["trigger_controls"]["png"],
-                   "fgsm_examples": r["baseline_fgsm_eval"]["png"], "accuracy_vs_eps": study["accuracy_vs_eps"]["png"],
-                   **{f"cm_{m}_{s}": v["confusion_png"] for m, e in models.items() for s, v in e["eval"].items()}},
+        "images": {"training_curves": r["saved"]["training_curves"],
+                   "method1_poison_examples": r["trigger_controls"]["png"],
+                   "method2_clean_vs_fgsm": r["baseline_fgsm_eval"]["png"],
+                   "accuracy_vs_eps": study["accuracy_vs_eps"]["png"],
+                   **{Path(v["confusion_png"]).stem: v["confusion_png"] for e in models.values() for v in e["eval"].values()}},
         "results_table": results_table(models, backdoor, robust),
+        "datasets": r["datasets"],
     }
 
 
@@ -458,6 +502,7 @@ def write_outputs(summary: dict[str, Any], runner: Runner, started: float, comma
         summary["bandit"] = run_bandit()
     backdoor = summary["backdoor"]
     written = [*(entry["path"] for entry in runner.results["saved"]["files"].values()), *summary["images"].values(),
+               *(entry["path"] for entry in runner.results["datasets"].values()),
                *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
                              (backdoor["sweep"] or {}).get("png")) if v)]
     summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written)
@@ -488,13 +533,13 @@ def guarded(step: Callable[[], object]) -> int:
     try:
         step()
     except UserError as exc:
-        LOG.error("%s", exc)
+        LOG.error("%s", one_line(exc))
         return 2
     except AttackBoundError as exc:
-        LOG.error("attack sanity check failed, no summary written: %s", exc)
+        LOG.error("attack sanity check failed, no summary written: %s", one_line(exc))
         return 1
     except OSError as exc:
-        LOG.error("I/O error, no partial output left: %s", exc)
+        LOG.error("I/O error, no partial output left: %s", one_line(exc))
         return 1
     except KeyboardInterrupt:
         LOG.error("interrupted; files already written are complete, nothing half-written was left")
@@ -504,9 +549,10 @@ def guarded(step: Callable[[], object]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["predict"]:
+    commands = {"predict": run_predict, "evaluate": run_evaluate}
+    if argv[:1] and argv[0] in commands:
         setup_logging("INFO")
-        return guarded(lambda: run_predict(argv[1:]))
+        return guarded(lambda: commands[argv[0]](argv[1:]))
     try:
         cfg = parse_config(argv)
     except ConfigError as exc:

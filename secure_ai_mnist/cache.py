@@ -71,13 +71,14 @@ class StageCache:
         atomic_write_bytes(entry / "manifest.json", json.dumps(manifest, indent=1).encode())
 
     def load_model(self, key: str, label: str) -> tuple[keras.Model, dict[str, Any]] | None:
-        """The cached model (compiled as saved, safe_mode) and its info, or None."""
+        """The cached model (safe_mode, not compiled: inference only) and its info, or None."""
         entry = self._entry(key)
         if entry is None:
             return None
         import keras
 
-        model = keras.models.load_model(entry / "model.keras", safe_mode=True)
+        # Inference only: the optimizer state is not needed (and restoring it only warns).
+        model = keras.models.load_model(entry / "model.keras", safe_mode=True, compile=False)
         self.hits.append(label)
         LOG.info("reusing cached %s (verified SHA-256, key %s)", label, key)
         return model, json.loads((entry / "info.json").read_text())

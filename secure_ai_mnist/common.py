@@ -37,6 +37,32 @@ class AttackBoundError(RuntimeError):
     """An adversarial example left the epsilon ball or the [0, 1] pixel range."""
 
 
+def import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines kept off the console. They are written to
+    file descriptor 2 while the library loads, before TF_CPP_MIN_LOG_LEVEL or absl logging take
+    effect; the one that matters to a user (oneDNN kernels) is logged here in our words."""
+    if "tensorflow" in sys.modules:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+    if os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0":
+        LOG.debug("TensorFlow uses oneDNN kernels: a run repeats digit for digit on the same kind of CPU; another "
+                  "CPU can change the last digits of a computation, and so the trained weights")
+
+
+def one_line(message: object) -> str:
+    """``message`` as one line: library errors (NumPy's, for one) can span several."""
+    return " ".join(str(message).split())
+
+
 def setup_logging(level: str) -> None:
     logging.basicConfig(
         level=getattr(logging, level),

@@ -5,6 +5,7 @@ Wong et al. 2020; PGD, Madry et al. 2018)."""
 from __future__ import annotations
 
 import time
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -112,7 +113,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     import keras
     import tensorflow as tf
 
-    from .attacks import linf_attack, logits_model
+    from .attacks import logits_model
 
     seed_everything(stage_seed(cfg.seed, label))
     rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:batches"))
@@ -127,14 +128,18 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     optimizer.build(net.trainable_variables)
     image = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
 
-    @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), tf.TensorSpec([], tf.float32)])
-    def adversarial_step(xb, yb, eps):
-        x0 = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
-        with tf.GradientTape() as tape:
-            tape.watch(x0)
-            attack_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, net(x0, training=False)))
-        x_adv = tf.clip_by_value(x0 + 1.25 * eps * tf.sign(tape.gradient(attack_loss, x0)), 0.0, 1.0)
-        x_adv = xb + tf.clip_by_value(x_adv - xb, -eps, eps)
+    scalar = tf.TensorSpec([], tf.float32)
+
+    @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), scalar, scalar, tf.TensorSpec([], tf.int32)])
+    def adversarial_step(xb, yb, eps, step, steps):
+        x_adv = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
+        for _ in tf.range(steps):
+            with tf.GradientTape() as tape:
+                tape.watch(x_adv)
+                attack_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
+                    yb, net(x_adv, training=False)))
+            x_adv = tf.clip_by_value(x_adv + step * tf.sign(tape.gradient(attack_loss, x_adv)), 0.0, 1.0)
+            x_adv = xb + tf.clip_by_value(x_adv - xb, -eps, eps)
         with tf.GradientTape() as tape:
             logits = net(x_adv, training=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
@@ -142,14 +147,18 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.float32))
         return loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
 
-    guard_attack = make_linf_attack(model)
-    guard_rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard"))
-    record: dict[str, Any] = {"method": "fgsm-rs one-cycle (robust profile)", "eps": cfg.pgd_eps,
+    guard = holdout_guard(model, x_hold, y_hold, cfg, np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
+    pgd_from = cfg.robust_epochs - cfg.robust_pgd_epochs
+    record: dict[str, Any] = {"method": "fgsm-rs one-cycle (robust profile)" + (
+                                  f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs"
+                                  if cfg.robust_pgd_epochs else ""), "eps": cfg.pgd_eps,
                               "step_size": 1.25 * cfg.pgd_eps, "steps": 1, "lr_peak": cfg.robust_lr,
+                              "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
+                              "guard_attack": cfg.robust_guard,
                               "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(len(x_tr)),
                               "n_holdout": int(len(x_hold)), "budget_min": cfg.robust_budget_min,
                               "loss": [], "accuracy": [], "epoch_eps": [], "holdout_clean": [],
-                              "holdout_pgd10": [], "epoch_time_s": []}
+                              "holdout_robust": [], "epoch_time_s": []}
     best = (-1.0, -1, model.get_weights())
     stop_reason = "planned epochs done"
     start = time.perf_counter()
@@ -157,25 +166,26 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         t0 = time.perf_counter()
         order = rng.permutation(len(x_tr))
         loss_sum = correct = 0.0
+        steps = cfg.robust_pgd_steps if epoch >= pgd_from else 1
+        step = 2.5 / cfg.robust_pgd_steps if epoch >= pgd_from else 1.25  # times eps
         for i in range(steps_per_epoch):
             done = (epoch + i / steps_per_epoch) / max(cfg.robust_ramp_epochs, 1e-9)
             eps = cfg.pgd_eps * min(1.0, done) if cfg.robust_ramp_epochs else cfg.pgd_eps
             idx = order[i * batch : (i + 1) * batch]
             step_loss, step_correct = adversarial_step(tf.constant(x_tr[idx]), tf.constant(y_tr[idx], tf.int64),
-                                                       tf.constant(eps, tf.float32))
+                                                       tf.constant(eps, tf.float32), tf.constant(step * eps, tf.float32),
+                                                       tf.constant(steps, tf.int32))
             loss_sum += float(step_loss)
             correct += float(step_correct)
-        _, fooled = linf_attack(guard_attack, x_hold, y_hold, cfg.pgd_eps, 0.25 * cfg.pgd_eps, 10, restarts=1,
-                                rng=guard_rng, batch_size=cfg.attack_batch_size)
-        hold_clean = float(np.mean(guard_attack.labels(tf.constant(x_hold)).numpy() == y_hold))
-        hold_pgd = float(np.mean(~fooled))
+        hold_clean, hold_pgd = guard()
         for key, value in (("loss", loss_sum / len(x_tr)), ("accuracy", correct / len(x_tr)), ("epoch_eps", eps),
-                           ("holdout_clean", hold_clean), ("holdout_pgd10", hold_pgd),
+                           ("holdout_clean", hold_clean), ("holdout_robust", hold_pgd),
                            ("epoch_time_s", round(time.perf_counter() - t0, 3))):
             record[key].append(value)
-        LOG.info("%s epoch %d/%d (eps %.3f): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
-                 "PGD-10 %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, record["loss"][-1],
-                 record["accuracy"][-1], hold_clean, hold_pgd, record["epoch_time_s"][-1])
+        LOG.info("%s epoch %d/%d (eps %.3f, %s): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
+                 "%s %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, "PGD-%d" % steps if steps > 1 else
+                 "FGSM-RS", record["loss"][-1], record["accuracy"][-1], hold_clean, cfg.robust_guard, hold_pgd,
+                 record["epoch_time_s"][-1])
         full_eps = eps >= cfg.pgd_eps - 1e-9
         if full_eps and hold_pgd > best[0]:
             best = (hold_pgd, epoch, model.get_weights())
@@ -190,9 +200,34 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
             break
     if best[1] >= 0:
         model.set_weights(best[2])
-    record.update(kept_epoch=best[1] + 1, kept_holdout_pgd10=best[0], stop_reason=stop_reason,
+    record.update(kept_epoch=best[1] + 1, kept_holdout_robust=best[0], stop_reason=stop_reason,
                   epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
     return model, record
+
+
+def holdout_guard(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
+                  rng: np.random.Generator) -> Any:
+    """A function () -> (clean accuracy, robust accuracy) of ``model`` on the held-out (x, y) at
+    cfg.pgd_eps, under cfg.robust_guard: "pgd10" (PGD-10, step eps / 4, random start) or "apgd"
+    (APGD-CE, 20 iterations, which also sees the gradient masking that small-step PGD misses)."""
+    import tensorflow as tf
+
+    from .attacks import linf_attack
+
+    attack = make_linf_attack(model)
+
+    def measure() -> tuple[float, float]:
+        clean = float(np.mean(attack.labels(tf.constant(x)).numpy() == y))
+        if cfg.robust_guard == "apgd":
+            from .autoattack import run_apgd
+
+            fooled = run_apgd(model, x, y, y, "ce", cfg.pgd_eps, 20, rng, cfg.attack_batch_size)[1]
+        else:
+            fooled = linf_attack(attack, x, y, cfg.pgd_eps, 0.25 * cfg.pgd_eps, 10, restarts=1, rng=rng,
+                                 batch_size=cfg.attack_batch_size)[1]
+        return clean, float(np.mean(~fooled))
+
+    return measure
 
 
 def penultimate_classifier(model: keras.Model) -> Any:
@@ -283,7 +318,13 @@ def detect_poison(
         "equal_to_model_penultimate": bool(np.allclose(art_view, ours, atol=1e-5))}}
     settings = {"nb_clusters": 2, "nb_dims": 10, "reduce": "FastICA"}
     start = time.perf_counter()
-    clusters, reduced = ActivationDefence(classifier, x, y_onehot).cluster_activations(**settings)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        clusters, reduced = ActivationDefence(classifier, x, y_onehot).cluster_activations(**settings)
+    unconverged = sum("FastICA did not converge" in str(w.message) for w in caught)
+    if unconverged:
+        LOG.info("activation clustering: FastICA stopped at its iteration limit in %d of %d classes; those "
+                 "classes' 10-dim reductions are approximate", unconverged, NUM_CLASSES)
     flagged, class_report = silhouette_analysis(clusters, reduced)
     flags["activation_clustering"] = np.zeros(len(y), bool)
     for label in range(NUM_CLASSES):

@@ -15,6 +15,19 @@ from .plots import plot_confusion
 if TYPE_CHECKING:
     import keras
 
+# The seed report's file names: its FGSM defense is "defense", and its FGSM test set is the one
+# crafted on the baseline.
+SEED_MODEL_NAMES = {"defense_fgsm": "defense"}
+SEED_TEST_SET_NAMES = {"fgsm_transfer_from_baseline": "fgsm"}
+
+
+def confusion_png(images_dir: Path, model: str, test_set: str) -> Path:
+    """``<model>_confusion_<test set>.png`` under the seed's names (for example
+    defense_confusion_fgsm.png: the FGSM defense on FGSM crafted against the baseline)."""
+    return images_dir / (f"{SEED_MODEL_NAMES.get(model, model)}_confusion_"
+                         f"{SEED_TEST_SET_NAMES.get(test_set, test_set)}.png")
+
+
 def cross_entropy(probabilities: np.ndarray, y: np.ndarray, eps: float = 1e-7) -> float:
     """Mean categorical cross-entropy, clipped like Keras' (eps = 1e-7)."""
     p_true = np.clip(probabilities[np.arange(len(y)), y], eps, 1 - eps)
@@ -56,9 +69,10 @@ def evaluate_clean_and_triggered(
 ) -> np.ndarray:
     """Evaluate on the clean and the triggered test set, storing both metrics in ``into``
     ("clean", "triggered"); return the predictions on the triggered set (for the ASR)."""
-    into["clean"], _ = evaluate(model, x, y, f"{title} - clean test set", images_dir / f"cm_{name}_clean.png", cfg)
+    into["clean"], _ = evaluate(model, x, y, f"{title} - clean test set", confusion_png(images_dir, name, "clean"),
+                                cfg)
     into["triggered"], triggered_pred = evaluate(model, x_triggered, y, f"{title} - triggered test set",
-                                                 images_dir / f"cm_{name}_triggered.png", cfg)
+                                                 confusion_png(images_dir, name, "triggered"), cfg)
     return triggered_pred
 
 
@@ -71,9 +85,9 @@ def evaluate_defense(
 
     x_whitebox, _ = generate_fgsm(model, x, y, cfg, f"test set vs {name}")
     sets = {"clean": (x, "clean test set"),
-            "fgsm_transfer_from_baseline": (x_fgsm_baseline, "FGSM crafted on baseline (transfer)"),
+            "fgsm_transfer_from_baseline": (x_fgsm_baseline, "FGSM crafted on baseline (the seed's FGSM test set)"),
             "fgsm_whitebox": (x_whitebox, "FGSM crafted on the model (white-box)")}
-    return {key: evaluate(model, images, y, f"{name} - {title}", images_dir / f"cm_{name}_{key}.png", cfg)[0]
+    return {key: evaluate(model, images, y, f"{name} - {title}", confusion_png(images_dir, name, key), cfg)[0]
             for key, (images, title) in sets.items()}
 
 
@@ -137,7 +151,7 @@ def robustness_tables(
     pgd_evals, fgsm_sets = {}, {}
     for name, net in models.items():
         pgd_evals[name], _ = evaluate(net, pgd[name][0], y_sub, f"{name} - PGD-{cfg.pgd_steps} white-box (n={len(y_sub)})",
-                                      images_dir / f"cm_{name}_pgd_whitebox.png", cfg)
+                                      confusion_png(images_dir, name, "pgd_whitebox"), cfg)
         fgsm_sets[name] = generate_fgsm(net, x_sub, y_sub, cfg, f"subset vs {name}")[0]
     transfer = {"pgd": transfer_matrix(models, {n: s for n, (s, _) in pgd.items()}, y_sub, cfg.attack_batch_size),
                 "fgsm": transfer_matrix(models, fgsm_sets, y_sub, cfg.attack_batch_size)}

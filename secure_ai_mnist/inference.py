@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import NUM_CLASSES, UserError, sha256_file
+from .common import NUM_CLASSES, UserError, import_tensorflow_quietly, sha256_file
 from .report import SUMMARY_FILENAME
 
 MAX_INPUTS = 64
@@ -81,6 +81,7 @@ def load_verified_model(path: Path, expected_sha256: str) -> Any:
         raise UserError(f"model file {path} not found")
     if sha256_file(path) != expected_sha256:
         raise UserError(f"model file {path} fails its SHA-256 check (tampered or replaced); refusing to load it")
+    import_tensorflow_quietly()
     import keras
 
     try:
@@ -177,4 +178,55 @@ def run_predict(argv: list[str]) -> int:
     else:
         for result in results:
             print(f"{result['file']}: {result['label']} (p={max(result['probabilities']):.4f})")
+    return 0
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    from .config import _OneLineParser
+
+    parser = _OneLineParser(
+        prog="secure_ai_mnist_main.py evaluate",
+        description="Score a verified model on a dataset file from datasets/ (or any .npz with float images 'x' "
+                    "in [0, 1] and labels 'y'): accuracy, a confusion heatmap and a JSON record.")
+    parser.add_argument("--model", default="defense",
+                        help=f"{', '.join(MODEL_NAMES)}, or a path to a .keras file (with --sha256)")
+    parser.add_argument("--dataset", type=Path, required=True, help="the .npz file to score the model on")
+    parser.add_argument("--sha256", default=None, help="expected SHA-256 of a --model PATH")
+    parser.add_argument("--output-dir", type=Path, default=Path("secure_ai_outputs"),
+                        help="the run's output directory; results go to its evaluations/ folder")
+    return parser
+
+
+def run_evaluate(argv: list[str]) -> int:
+    """The `evaluate` command: validate the dataset, verify and load the model, write a PNG and a JSON."""
+    import logging
+
+    from sklearn.metrics import confusion_matrix
+
+    from .common import atomic_write_bytes
+    from .datasets import load_images
+    from .model import predict_probabilities
+    from .plots import plot_confusion
+
+    args = build_evaluate_parser().parse_args(argv)
+    x, y, meta = load_images(args.dataset)
+    path, expected = resolve_model(args.model, args.output_dir, args.sha256)
+    model = load_verified_model(path, expected)
+    probabilities = predict_probabilities(model, x, 256)[0]
+    if probabilities.shape != (len(x), NUM_CLASSES):
+        raise UserError(f"model {path} does not output {NUM_CLASSES} class probabilities")
+    predictions = probabilities.argmax(axis=1)
+    matrix = confusion_matrix(y, predictions, labels=list(range(NUM_CLASSES)))
+    out = args.output_dir / "evaluations"
+    name = f"{Path(path).stem.removeprefix('cnn_mnist_')}_on_{args.dataset.stem}"
+    crafted_on = meta.get("model_sha256") or None
+    record = {"model": str(path), "model_sha256": expected, "dataset": str(args.dataset),
+              "dataset_sha256": sha256_file(args.dataset), "n": int(len(y)),
+              "accuracy": float(np.mean(predictions == y)), "confusion_matrix": matrix.tolist(),
+              "dataset_metadata": meta,
+              "crafted_on_this_model": None if crafted_on is None else crafted_on == expected,
+              "confusion_png": plot_confusion(matrix, f"{name} (n={len(y)})", out / f"{name}_confusion.png")}
+    atomic_write_bytes(out / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
+    logging.getLogger("secure_ai_mnist").info("%s on %s: accuracy %.4f (n=%d); wrote %s", path.name,
+                                              args.dataset.name, record["accuracy"], len(y), out / f"{name}.json")
     return 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 import warnings
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .common import IMAGE_SHAPE, LOG, NUM_CLASSES, atomic_path, sha256_file
+from .common import IMAGE_SHAPE, LOG, NUM_CLASSES, atomic_path, import_tensorflow_quietly, sha256_file
 from .config import Config
 
 if TYPE_CHECKING:  # TensorFlow is imported lazily so `--help` and flag errors are instant
@@ -27,7 +26,7 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def configure_tensorflow(threads: int) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import_tensorflow_quietly()
     import tensorflow as tf
 
     # ART logs its own "success rate" per call; our metrics are computed from predictions.

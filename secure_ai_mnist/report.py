@@ -18,7 +18,7 @@ import numpy as np
 from .common import NUM_CLASSES, atomic_write_bytes, sha256_file
 from .config import Config
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DETECTORS = ("activation_clustering", "spectral_signature")
 TRIGGER_CONTROL_NAMES = ("trained_trigger", "other_place_top_left", "other_shape_checker")
 SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
@@ -347,6 +347,35 @@ def backdoor_strength(asr: float) -> str:
     return "strong" if asr >= 0.9 else "partial" if asr >= 0.5 else "weak" if asr >= 0.1 else "absent"
 
 
+# The seed report's deliverables, in its order: (what it shows, image key or dataset key).
+SEED_FIGURES = (
+    ("seed: baseline confusion matrix, clean test set", "baseline_confusion_clean"),
+    ("seed: baseline confusion matrix, triggered test set", "baseline_confusion_triggered"),
+    ("seed: baseline confusion matrix, FGSM test set", "baseline_confusion_fgsm"),
+    ("seed: defense confusion matrix, clean test set", "defense_confusion_clean"),
+    ("seed: defense confusion matrix, FGSM test set (crafted on the baseline)", "defense_confusion_fgsm"),
+    ("defense confusion matrix, FGSM crafted on the defense itself (white-box)", "defense_confusion_fgsm_whitebox"),
+    ("seed method 1 (data poisoning): poisoned training examples", "method1_poison_examples"),
+    ("seed method 2 (FGSM): clean vs adversarial examples", "method2_clean_vs_fgsm"),
+)
+SEED_DATASETS = (
+    ("seed deliverable (d): FGSM test set crafted on the baseline", "fgsm_test_vs_baseline"),
+    ("FGSM test set crafted on the defense (white-box)", "fgsm_test_vs_defense"),
+    ("triggered test set (backdoor)", "triggered_test"),
+    ("poisoned training set: poison indices, original and new labels, trigger", "poisoned_train"),
+    ("FGSM training set crafted on the baseline (--export-train-sets)", "fgsm_train_vs_baseline"),
+)
+
+
+def deliverable_files(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what, path relative to the output directory) for the seed's figures and the datasets this run wrote."""
+    rows = [(what, f"images/{Path(summary['images'][key]).name}") for what, key in SEED_FIGURES
+            if key in summary["images"]]
+    datasets = summary.get("datasets", {})
+    return rows + [(what, f"datasets/{Path(datasets[key]['path']).name}") for what, key in SEED_DATASETS
+                   if key in datasets]
+
+
 def _image(summary_root: Path, path: str, alt: str) -> str:
     with contextlib.suppress(ValueError):
         path = str(Path(path).resolve().relative_to(summary_root.resolve()))
@@ -378,6 +407,7 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "| run log with timestamps | `run.log` |",
         *(f"| model: {name} | `models/{Path(entry['model_file']['path']).name}` |" for name, entry in models.items()),
         f"| figures | `images/` ({len(img)} PNG files, each listed with its SHA-256 in the manifest) |",
+        *(f"| {what} | `{rel}` |" for what, rel in deliverable_files(summary)),
         "| threat model (STRIDE) | `THREAT_MODEL.md` in the repository, repeated in section 3 |",
         "",
         "## 1. Repositories and environment",
@@ -404,7 +434,7 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "Most confused classes of the baseline on the clean test set (true -> predicted, count): "
         + (", ".join(f"{t} -> {p} ({c})" for t, p, c in confused) or "none") + ".",
         "",
-        _image(root, img["cm_baseline_clean"], "baseline confusion matrix"),
+        _image(root, img["baseline_confusion_clean"], "baseline confusion matrix"),
         "",
         _image(root, img["training_curves"], "training curves"),
         "",
@@ -443,9 +473,9 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         f"{summary['pgd']['n_test_images']} test images.",
         *autoattack_lines(summary.get("autoattack")),
         "",
-        _image(root, img["poison_examples"], "poisoned training examples"),
+        _image(root, img["method1_poison_examples"], "poisoned training examples"),
         "",
-        _image(root, img["fgsm_examples"], "FGSM examples"),
+        _image(root, img["method2_clean_vs_fgsm"], "FGSM examples"),
         "",
         "## 5. Adversarial metrics",
         "",
@@ -554,8 +584,68 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
     return out
 
 
+HTML_FILENAME = "report.html"
+HTML_TEMPLATE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'">
+<title>{{ title }}</title>
+<style>
+body { font: 16px/1.5 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1b1b1b; background: #fff;
+       margin: 0 auto; padding: 1rem; max-width: 62rem; overflow-wrap: anywhere; }
+h1, h2, h3 { line-height: 1.25; }
+img { max-width: 100%; height: auto; display: block; margin: 0.5rem 0; }
+table { border-collapse: collapse; display: block; overflow-x: auto; max-width: 100%; font-size: 0.9rem; }
+th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: left; overflow-wrap: normal; }
+th { background: #f2f2f2; }
+code { background: #f4f4f4; padding: 0 0.2rem; font-size: 0.9em; }
+</style>
+</head>
+<body>
+{{ body }}
+</body>
+</html>
+"""
+
+
+def _embedded_image_rule(root: Path) -> Any:
+    """A markdown-it image renderer that inlines PNGs under ``root`` as base64 data: URIs (and
+    anything else as its alt text), so the page needs no other file and fetches nothing."""
+    import base64
+    import html
+
+    def render(renderer: Any, tokens: list[Any], idx: int, options: Any, env: Any) -> str:
+        token = tokens[idx]
+        alt = html.escape(token.content)
+        target = (root / str(token.attrGet("src") or "")).resolve()
+        if target.suffix.lower() != ".png" or not target.is_file() or root.resolve() not in target.parents:
+            return f"<em>[missing figure: {alt}]</em>"
+        data = base64.b64encode(target.read_bytes()).decode("ascii")
+        return f'<img src="data:image/png;base64,{data}" alt="{alt}">'
+
+    return render
+
+
+def build_html(markdown_text: str, root: Path) -> str:
+    """report.html: the REPORT.md text as one self-contained page (raw HTML in the text is
+    escaped, figures are embedded, no script, a content security policy that allows nothing else)."""
+    from jinja2 import Environment
+    from markdown_it import MarkdownIt
+    from markupsafe import Markup
+
+    parser = MarkdownIt("commonmark", {"html": False}).enable("table")
+    parser.add_render_rule("image", _embedded_image_rule(root))
+    body = Markup(parser.render(markdown_text))  # nosec B704 - markdown-it escapes text when html is False
+    page = Environment(autoescape=True).from_string(HTML_TEMPLATE)  # nosec B701 - autoescape is on
+    return page.render(title="secure-ai-mnist run report", body=body)
+
+
 def write_report(summary: dict[str, Any], path: Path) -> None:
-    """Write REPORT.md atomically beside the metrics JSON."""
+    """Write REPORT.md and report.html (same content) atomically beside the metrics JSON."""
     threat = PROJECT_ROOT / "THREAT_MODEL.md"
     text = threat.read_text(encoding="utf-8") if threat.is_file() else None
-    atomic_write_bytes(path, build_report(summary, path.parent, text).encode("utf-8"))
+    markdown_text = build_report(summary, path.parent, text)
+    atomic_write_bytes(path, markdown_text.encode("utf-8"))
+    atomic_write_bytes(path.with_name(HTML_FILENAME), build_html(markdown_text, path.parent).encode("utf-8"))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess  # nosec B404 - tests run the project's own script
+import hashlib
+import shutil
+import subprocess  # nosec B404 - tests run the project's own script and git
 import sys
 from pathlib import Path
 
@@ -57,15 +59,33 @@ def mnist_dir():
     return cfg.cache_dir
 
 
+def tracked_file_digests() -> dict[str, str] | None:
+    """SHA-256 of every file git tracks in the project (None outside a git checkout)."""
+    git = shutil.which("git")
+    if git is None:
+        return None
+    proc = subprocess.run([git, "ls-files", "-z"], cwd=ROOT, capture_output=True, check=False)  # nosec B603
+    if proc.returncode != 0:
+        return None
+    names = [name for name in proc.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
+    return {name: hashlib.sha256((ROOT / name).read_bytes()).hexdigest() for name in names}
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory, mnist_dir):
-    """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the tests."""
+    """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the
+    tests. It writes where a user's smoke run writes (no --output-dir), and records the tracked
+    files before and after, so a test can show it left the committed run alone."""
     base = tmp_path_factory.mktemp("quick")
-    args = ("--quick", "--defense", "fgsm,fgsm-rs,pgd,robust", "--robust-epochs", "2", "--poison-sweep", "0,20",
+    # Smaller than quick mode's own subset, so the suite stays fast; the pipeline is the same.
+    args = ("--quick", "--train-limit", "2000", "--epochs", "1", "--defense", "fgsm,fgsm-rs,pgd,robust",
+            "--robust-epochs", "2", "--poison-sweep", "0,20",
             "--sweep-trigger-sizes", "2,3", "--data-dir", str(mnist_dir), "--cache-dir",
             str(base / "cache"))
-    out = base / "outputs"
-    proc = run_script(*args, "--output-dir", str(out), timeout=600)
+    before = tracked_file_digests()
+    shutil.rmtree(ROOT / "secure_ai_outputs" / "quick", ignore_errors=True)  # no stale files from older code
+    proc = run_script(*args, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    out = ROOT / "secure_ai_outputs" / "quick"
     return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr, "args": args,
-            "base": base}
+            "base": base, "tracked_before": before, "tracked_after": tracked_file_digests()}

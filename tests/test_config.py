@@ -16,8 +16,10 @@ def test_every_config_field_has_a_flag():
 
 def test_quick_defaults_and_explicit_flags_win():
     cfg = config.parse_config(["--quick", "--epochs", "2"])
-    assert (cfg.train_limit, cfg.test_limit, cfg.epochs) == (2000, 500, 2)
-    assert config.parse_config([]).train_limit == 0
+    assert (cfg.train_limit, cfg.test_limit, cfg.epochs) == (6000, 500, 2)
+    assert str(cfg.output_dir) == "secure_ai_outputs/quick"
+    assert str(config.parse_config(["--quick", "--output-dir", "elsewhere"]).output_dir) == "elsewhere"
+    assert config.parse_config([]).train_limit == 0 and str(config.parse_config([]).output_dir) == "secure_ai_outputs"
 
 
 @pytest.mark.parametrize(

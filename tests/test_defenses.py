@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from secure_ai_mnist import config, defenses
+from secure_ai_mnist import common, config, defenses
 
 
 def test_mix_keeps_every_pair_once(rng):
@@ -75,12 +75,23 @@ def test_robust_training_keeps_the_best_full_eps_epoch_and_records_the_guard():
     cfg = config.Config(batch_size=64, robust_epochs=3, robust_ramp_epochs=1, robust_holdout=50)
     model, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "test_robust")
     assert record["n_train"] == 250 and record["n_holdout"] == 50
-    assert record["epochs_run"] == len(record["holdout_pgd10"]) == 3
+    assert record["epochs_run"] == len(record["holdout_robust"]) == 3
     assert record["epoch_eps"][0] == pytest.approx(0.3 * (1 - 1 / 4), abs=1e-6)  # last batch of the ramp epoch
-    full = [acc for acc, eps in zip(record["holdout_pgd10"], record["epoch_eps"]) if eps >= 0.3 - 1e-9]
-    assert record["kept_holdout_pgd10"] == max(full)
+    full = [acc for acc, eps in zip(record["holdout_robust"], record["epoch_eps"]) if eps >= 0.3 - 1e-9]
+    assert record["kept_holdout_robust"] == max(full)
     assert record["epoch_eps"][record["kept_epoch"] - 1] == pytest.approx(0.3)
     assert model.predict_on_batch(x[:4]).shape == (4, 10)
+
+
+def test_robust_pgd_phase_and_apgd_guard_are_recorded():
+    x, y = synthetic_digits(np.random.default_rng(4), 200)
+    cfg = config.Config(batch_size=64, robust_epochs=2, robust_ramp_epochs=0, robust_holdout=40,
+                        robust_pgd_epochs=1, robust_pgd_steps=3, robust_guard="apgd")
+    _, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "test_robust_pgd")
+    assert record["guard_attack"] == "apgd" and record["method"].endswith("PGD-3 in the last 1 epochs")
+    assert len(record["holdout_robust"]) == 2 and all(0 <= a <= 1 for a in record["holdout_robust"])
+    with pytest.raises(common.ConfigError):
+        config.Config(robust_epochs=2, robust_pgd_epochs=3)
 
 
 def test_robust_profile_presets_and_explicit_flags_win():

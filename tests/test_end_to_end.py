@@ -77,3 +77,26 @@ def test_quick_run_logs_progress_with_timestamps(quick_run):
     assert any("train baseline done" in line for line in lines)
     assert all(line[:4].isdigit() for line in lines), "log lines carry timestamps"
     assert "Traceback" not in quick_run["stderr"]
+
+
+def test_quick_run_leaves_tracked_files_untouched(quick_run):
+    if quick_run["tracked_before"] is None:
+        pytest.skip("not a git checkout")
+    changed = [name for name, digest in quick_run["tracked_before"].items()
+               if quick_run["tracked_after"].get(name) != digest]
+    assert changed == [], "a --quick run rewrote committed files"
+    assert quick_run["out"].relative_to(Path(__file__).resolve().parents[1]) == Path("secure_ai_outputs/quick")
+
+
+def test_seed_figure_names_exist_with_the_seed_meaning(quick_run):
+    summary = json.loads(quick_run["json"].read_text())
+    images = quick_run["out"] / "images"
+    for name in ("baseline_confusion_clean", "baseline_confusion_triggered", "baseline_confusion_fgsm",
+                 "defense_confusion_clean", "defense_confusion_fgsm", "method1_poison_examples",
+                 "method2_clean_vs_fgsm"):
+        assert (images / f"{name}.png").is_file() and summary["images"][name].endswith(f"{name}.png")
+    # the seed's defense_confusion_fgsm is FGSM crafted on the baseline; the white-box set sits beside it
+    defense = summary["models"]["defense_fgsm"]["eval"]
+    assert defense["fgsm_transfer_from_baseline"]["confusion_png"].endswith("defense_confusion_fgsm.png")
+    assert defense["fgsm_whitebox"]["confusion_png"].endswith("defense_confusion_fgsm_whitebox.png")
+    assert not list(images.glob("cm_*.png"))

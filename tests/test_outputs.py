@@ -86,8 +86,9 @@ def test_manifest_hashes_every_written_file_and_records_the_run(quick_run):
     files = manifest["files_sha256"]
     pngs = list((quick_run["out"] / "images").glob("*.png"))
     models = list((quick_run["out"] / "models").glob("*.keras"))
-    assert len(files) == len(pngs) + len(models)
-    for path in pngs + models:
+    datasets = list((quick_run["out"] / "datasets").glob("*.npz"))
+    assert len(datasets) == 4 and len(files) == len(pngs) + len(models) + len(datasets)
+    for path in pngs + models + datasets:
         assert files[str(path.relative_to(quick_run["out"]))] == sha256_file(path)
     assert len(manifest["code"].get("commit") or "0" * 40) == 40
 

@@ -120,3 +120,37 @@ def test_trigger_detector_ignores_plain_white_images():
     assert not inference.has_corner_trigger(np.zeros((28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)
     marked = backdoor.make_corner_trigger(np.zeros((1, 28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)[0]
     assert inference.has_corner_trigger(marked, cfg.trigger_size, cfg.trigger_margin)
+
+
+def test_evaluate_scores_an_exported_dataset(run_copy, quick_run):
+    summary = json.loads(quick_run["json"].read_text())
+    dataset = run_copy / "datasets" / "fgsm_test_vs_baseline.npz"
+    with np.load(dataset, allow_pickle=False) as npz:
+        assert npz["x"].dtype == np.float32 and npz["x"].shape == (500, 28, 28, 1) and float(npz["eps"]) == 0.3
+        assert str(npz["model_sha256"]) == summary["models"]["baseline"]["model_file"]["sha256"]
+    proc = run_script("evaluate", "--model", "baseline", "--dataset", str(dataset), "--output-dir", str(run_copy))
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((run_copy / "evaluations" / "baseline_on_fgsm_test_vs_baseline.json").read_text())
+    # the same images, the same model: the run's own number for the seed's FGSM test set
+    assert record["accuracy"] == pytest.approx(summary["models"]["baseline"]["eval"]["fgsm"]["accuracy"])
+    assert record["crafted_on_this_model"] is True and record["n"] == 500
+    assert (run_copy / "evaluations" / "baseline_on_fgsm_test_vs_baseline_confusion.png").is_file()
+    with np.load(run_copy / "datasets" / "poisoned_train.npz", allow_pickle=False) as npz:
+        assert len(npz["poison_indices"]) == summary["config"]["poison_count"]
+        assert np.all(npz["new_labels"] == summary["config"]["target_class"])
+        assert np.all(npz["original_labels"] != summary["config"]["target_class"])
+
+
+@pytest.mark.parametrize("problem", ["missing", "pickled", "range", "labels"])
+def test_evaluate_refuses_bad_datasets_in_one_line(run_copy, tmp_path, problem):
+    bad = tmp_path / "bad.npz"
+    x, y = np.zeros((4, 28, 28, 1), np.float32), np.arange(4)
+    if problem == "pickled":
+        np.savez(bad, x=np.array([object()] * 4, dtype=object), y=y)
+    elif problem == "range":
+        np.savez(bad, x=x + 2.0, y=y)
+    elif problem == "labels":
+        np.savez(bad, x=x, y=y + 9)
+    proc = run_script("evaluate", "--model", "baseline", "--dataset", str(bad), "--output-dir", str(run_copy))
+    assert str(bad) in one_error_line(proc)
+    assert not (run_copy / "evaluations").exists()
