@@ -107,7 +107,9 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     guard against catastrophic overfitting: after each epoch, PGD-10 on cfg.robust_holdout
     training images kept out of training; the weights with the best held-out PGD accuracy at
     full eps are kept, and training stops when that accuracy collapses (20 points below its
-    best) or when the next epoch would pass cfg.robust_budget_min minutes.
+    best) or when the next epoch would pass cfg.robust_budget_min minutes. With
+    cfg.robust_pgd_epochs, the last epochs train on PGD examples instead, and a collapse during
+    the FGSM-RS epochs restores the best weights and starts the PGD epochs at once.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
     and why training stopped)."""
     import keras
@@ -148,7 +150,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         return loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
 
     guard = holdout_guard(model, x_hold, y_hold, cfg, np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
-    pgd_from = cfg.robust_epochs - cfg.robust_pgd_epochs
+    pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
     record: dict[str, Any] = {"method": "fgsm-rs one-cycle (robust profile)" + (
                                   f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs"
                                   if cfg.robust_pgd_epochs else ""), "eps": cfg.pgd_eps,
@@ -189,7 +191,15 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         full_eps = eps >= cfg.pgd_eps - 1e-9
         if full_eps and hold_pgd > best[0]:
             best = (hold_pgd, epoch, model.get_weights())
-        if full_eps and best[0] - hold_pgd > 0.2:
+        collapsed = full_eps and best[0] - hold_pgd > 0.2
+        if collapsed and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
+            # FGSM-RS has overfitted; PGD examples do not, so go back to the best weights and switch now.
+            model.set_weights(best[2])
+            pgd_from = epoch + 1
+            record["switched_to_pgd_after_epoch"] = epoch + 1
+            LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
+                        "from the next epoch", label, best[0], hold_pgd, best[1] + 1)
+        elif collapsed:
             stop_reason = f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} to {hold_pgd:.3f}"
             LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
             break

@@ -72,7 +72,8 @@ def test_one_cycle_learning_rate_peaks_at_40_percent():
 
 def test_robust_training_keeps_the_best_full_eps_epoch_and_records_the_guard():
     x, y = synthetic_digits(np.random.default_rng(3), 300)
-    cfg = config.Config(batch_size=64, robust_epochs=3, robust_ramp_epochs=1, robust_holdout=50)
+    cfg = config.Config(batch_size=64, robust_epochs=3, robust_ramp_epochs=1, robust_holdout=50, robust_pgd_epochs=0,
+                        robust_guard="pgd10")
     model, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "test_robust")
     assert record["n_train"] == 250 and record["n_holdout"] == 50
     assert record["epochs_run"] == len(record["holdout_robust"]) == 3
@@ -91,7 +92,7 @@ def test_robust_pgd_phase_and_apgd_guard_are_recorded():
     assert record["guard_attack"] == "apgd" and record["method"].endswith("PGD-3 in the last 1 epochs")
     assert len(record["holdout_robust"]) == 2 and all(0 <= a <= 1 for a in record["holdout_robust"])
     with pytest.raises(common.ConfigError):
-        config.Config(robust_epochs=2, robust_pgd_epochs=3)
+        config.Config(robust_pgd_epochs=-1)
 
 
 def test_robust_profile_presets_and_explicit_flags_win():
