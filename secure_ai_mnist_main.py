@@ -55,7 +55,8 @@ from secure_ai_mnist.common import (
 from secure_ai_mnist.config import EPS_GRID, Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
 from secure_ai_mnist.datasets import save_images, save_npz
-from secure_ai_mnist.defenses import detect_poison, mix_clean_and_adversarial, train_per_batch_adversarial
+from secure_ai_mnist.defenses import mix_clean_and_adversarial, train_per_batch_adversarial
+from secure_ai_mnist.detection import DETECTORS, TriggerCheck, detection_metrics, random_filter, run_detectors
 from secure_ai_mnist.evaluation import (
     confusion_png,
     eps_curve,
@@ -84,7 +85,6 @@ from secure_ai_mnist.plots import (
     plot_training_curves,
 )
 from secure_ai_mnist.report import (
-    DETECTORS,
     REPORT_FILENAME,
     SCHEMA_VERSION,
     SUMMARY_FILENAME,
@@ -101,6 +101,7 @@ from secure_ai_mnist.stages import Runner, Stage, StageInputs
 
 TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
 TRIGGER = ("poison_count", "target_class", "trigger_size", "trigger_margin", "seed")
+DETECT = ("reversal_steps", "detection_fraction", "seed")
 FGSM = ("fgsm_eps", "attack_backend")
 PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
 AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
@@ -170,27 +171,76 @@ def backdoor_controls(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
                                         inputs.images / "method1_poison_examples.png")}
 
 
-def run_poison_detection(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
-    """Flags of every detector in DETECTORS as rows of one array, and their scores."""
-    p = inputs["poison"]
-    found, info = detect_poison(inputs["poisoned"][0], p["x"], p["y"], p["idx"], cfg)
-    return np.stack([found[name] for name in DETECTORS]), info
+def defender_view(cfg: Config, inputs: StageInputs) -> dict[str, np.ndarray]:
+    """The poisoned training set as a defender holds it: images and labels, no answer key."""
+    return {"x": inputs["poison"]["x"], "y": inputs["poison"]["y"]}
 
 
-def chosen_detector(detection: tuple[np.ndarray, dict[str, Any]]) -> tuple[str, np.ndarray]:
-    flag_rows, info = detection
-    chosen = max(DETECTORS, key=lambda name: info[name]["f1"])
-    return chosen, flag_rows[DETECTORS.index(chosen)].astype(bool)
+def detect_poisons(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+    """Every detector on the poisoned training set and model; reads no poison index, count or trigger."""
+    return run_detectors(inputs["poisoned"][0], inputs["train_view"]["x"], inputs["train_view"]["y"], cfg)
+
+
+def detect_on_clean(cfg: Config, inputs: StageInputs) -> tuple[np.ndarray, dict[str, Any]]:
+    """The unpoisoned control: our detector on the clean training set and the baseline trained on it."""
+    d = inputs["data"]
+    return run_detectors(inputs["baseline"][0], d["x_train"], d["y_train"], cfg, references=False)
+
+
+def selected_flags(cfg: Config, detection: tuple[np.ndarray, dict[str, Any]]) -> np.ndarray:
+    """The flags of the detector named by cfg.detector (never chosen by its score)."""
+    return detection[0][DETECTORS.index(cfg.detector)].astype(bool)
+
+
+def score_detection(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """Scoring code (it reads the answer key): each detector's flags against the poison indices,
+    a random filter flagging as many as ours, and the unpoisoned control."""
+    p, (rows, info), control = inputs["poison"], inputs["poison_detection"], inputs["detection_control"]
+    is_poison = np.zeros(len(p["y"]), bool)
+    is_poison[p["idx"]] = True
+    chance = random_filter(len(is_poison), int(rows[0].sum()), np.random.default_rng(stage_seed(cfg.seed, "random filter")))
+    scored = {name: {**{k: v for k, v in info.get(name, {}).items() if k != "trigger_check"},
+                     **detection_metrics(row.astype(bool), is_poison), "uses_ground_truth": False,
+                     "flagged_per_class": np.bincount(p["y"][row.astype(bool)], minlength=10).tolist()}
+              for name, row in zip(DETECTORS, rows)}
+    for name, entry in scored.items():
+        LOG.info("poison detection, %s: flagged %d (%d poisons, %d clean); precision %.3f, recall %.3f, F1 %.3f",
+                 name, entry["flagged"], entry["true_positives"], entry["false_positives"], entry["precision"],
+                 entry["recall"], entry["f1"])
+    ours = control[1]["trigger_reversal"]
+    return {**scored, "activations": info["activations"], "selected": cfg.detector,
+            "random_filter": {**detection_metrics(chance, is_poison), "uses_ground_truth": False,
+                              "method": "uniform without replacement, as many flags as trigger_reversal"},
+            "unpoisoned_control": {"detector": "trigger_reversal", "flagged": int(control[0][0].sum()),
+                                   "suspicious_classes": ours["suspicious_classes"],
+                                   "candidate_classes": ours["candidate_classes"],
+                                   "anomaly_index": ours["anomaly_index"], "time_s": ours["time_s"]}}
 
 
 def retrain_without_flagged(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
-    keep = ~chosen_detector(inputs["poison_detection"])[1]
-    return train_cnn(inputs["poison"]["x"][keep], inputs["poison"]["y"][keep], cfg, "poison_cleaned")
+    """A fresh model on the training set without the configured detector's flags (blind)."""
+    keep = ~selected_flags(cfg, inputs["poison_detection"])
+    model, record = train_cnn(inputs["train_view"]["x"][keep], inputs["train_view"]["y"][keep], cfg, "poison_cleaned")
+    return model, {**record, "removed": int((~keep).sum()), "detector": cfg.detector, "method": "retrain"}
+
+
+def runtime_check(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """Our detector's recovered trigger as an input filter, measured on the clean and the triggered
+    test set; written to models/trigger_check.npz for ``predict --check-trigger``."""
+    d, info = inputs["data"], inputs["poison_detection"][1]["trigger_reversal"]
+    check = TriggerCheck.from_arrays(info["trigger_check"])
+    file = save_npz(inputs.dirs["models"] / "trigger_check.npz", **check.arrays())
+    rates = {"flag_rate_triggered": float(check.flags(inputs["poison"]["x_test_triggered"]).mean()),
+             "flag_rate_clean": float(check.flags(d["x_test"]).mean())}
+    LOG.info("runtime trigger check: %.2f%% of triggered and %.2f%% of clean test images flagged",
+             100 * rates["flag_rate_triggered"], 100 * rates["flag_rate_clean"])
+    return {**rates, "method": "score against trigger_reversal's recovered masks and patterns above its cut",
+            "suspicious_classes": check.classes.tolist(), "n_test_images": int(len(d["y_test"])), "file": file}
 
 
 def detection_view(cfg: Config, inputs: StageInputs) -> str:
-    """PCA of the target class's penultimate activations, poisons vs clean, the chosen flags ringed."""
-    p, (chosen, flags) = inputs["poison"], chosen_detector(inputs["poison_detection"])
+    """PCA of the target class's penultimate activations, poisons vs clean, the selected detector's flags ringed."""
+    p, chosen, flags = inputs["poison"], cfg.detector, selected_flags(cfg, inputs["poison_detection"])
     in_target = p["y"] == cfg.target_class
     is_poison = np.isin(np.arange(len(p["y"])), p["idx"])
     return plot_detection_view(layer_output(inputs["poisoned"][0], "penultimate", p["x"][in_target]),
@@ -200,12 +250,14 @@ def detection_view(cfg: Config, inputs: StageInputs) -> str:
 
 
 def sweep_poisons(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """Clean accuracy and ASR of a fresh model per (poison count, trigger size); each model cached."""
+    """Clean accuracy, ASR and our blind detector's flags for a fresh model per (poison count,
+    trigger size); each model and each detection cached."""
     d, sweep_cfg = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
 
-    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
+    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
         net, _ = inputs.cached_model(label, lambda: train_cnn(x, y, sweep_cfg, label))
-        return predicted_labels(net, cfg.attack_batch_size)
+        flags, _ = inputs.cached_arrays(f"{label}_detection", lambda: run_detectors(net, x, y, cfg, references=False))
+        return predicted_labels(net, cfg.attack_batch_size), flags[0].astype(bool)
 
     rows = poison_sweep(d["x_train"], d["y_train"], d["x_test"], d["y_test"], cfg,
                         np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_point)
@@ -359,16 +411,10 @@ def pipeline(cfg: Config) -> list[Stage]:
               label="poisoned model", title="train backdoored model"),
         Stage("poisoned_eval", clean_and_triggered("poisoned", "Poisoned model"), reads=("data", "poison", "poisoned")),
         Stage("trigger_controls", backdoor_controls, reads=("data", "poison", "baseline", "poisoned")),
-        Stage("poison_detection", run_poison_detection, reads=("poison", "poisoned"), config=("detection_fraction",),
-              modules=("defenses", "model"), cache="arrays", label="poison detection flags"),
-        Stage("poison_cleaned", retrain_without_flagged, reads=("poison", "poison_detection"), config=TRAIN,
-              modules=("model",), cache="model", label="model retrained without flagged samples"),
-        Stage("poison_cleaned_eval", clean_and_triggered("poison_cleaned", "Retrained without flagged samples"),
-              reads=("data", "poison", "poison_cleaned")),
-        Stage("detection_view", detection_view, reads=("poison", "poisoned", "poison_detection")),
-        *([Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor"),
-                 config=(*TRAIN, "sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class",
-                         "trigger_margin"), title="poison sweep (poison count x trigger size)")]
+        *backdoor_defense_stages(),
+        *([Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor", "detection", "attacks"),
+                 config=(*TRAIN, *DETECT, "sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class",
+                         "trigger_margin"), title="poison sweep (poison count x trigger size), blind detection")]
           if cfg.poison_sweep else []),
         Stage("fgsm_train", fgsm_on("train", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
               modules=("attacks",), cache="arrays", label="FGSM train set"),
@@ -395,6 +441,27 @@ def pipeline(cfg: Config) -> list[Stage]:
         Stage("saved", save_models(trained), reads=trained, title="save models and plots"),
         Stage("datasets", export_datasets, reads=("data", "poison", "fgsm_train", "fgsm_test", "fgsm_test_defense",
                                                   "saved"), title="write datasets"),
+    ]
+
+
+def backdoor_defense_stages() -> list[Stage]:
+    """Blind poison detection (and its unpoisoned control), scoring, removal, the runtime check.
+    The detectors and the removal read the defender's view (images, labels, model), never ``poison``."""
+    detect_modules = ("detection", "defenses", "model", "attacks", "config")
+    return [
+        Stage("train_view", defender_view, reads=("poison",)),
+        Stage("poison_detection", detect_poisons, reads=("train_view", "poisoned"), config=DETECT,
+              modules=detect_modules, cache="arrays", label="poison detection flags", title="blind poison detection"),
+        Stage("detection_control", detect_on_clean, reads=("data", "baseline"), config=DETECT, modules=detect_modules,
+              cache="arrays", label="unpoisoned control flags", title="poison detection on the clean baseline"),
+        Stage("detection_scores", score_detection, reads=("poison", "poison_detection", "detection_control")),
+        Stage("poison_cleaned", retrain_without_flagged, reads=("train_view", "poison_detection"),
+              config=(*TRAIN, "detector"), modules=("model",), cache="model",
+              label="model retrained without flagged samples"),
+        Stage("poison_cleaned_eval", clean_and_triggered("poison_cleaned", "Retrained without flagged samples"),
+              reads=("data", "poison", "poison_cleaned")),
+        Stage("runtime_check", runtime_check, reads=("data", "poison", "poison_detection")),
+        Stage("detection_view", detection_view, reads=("poison", "poisoned", "poison_detection")),
     ]
 
 
@@ -428,7 +495,7 @@ def model_entries(cfg: Config, r: dict[str, Any]) -> dict[str, Any]:
 
 def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dict[str, Any]:
     """summary["backdoor"]: attack settings, ASRs, trigger controls, detection, removal, sweep."""
-    d, flags_info = r["data"], r["poison_detection"][1]
+    d, detection = r["data"], r["detection_scores"]
     backdoor = backdoor_summary(cfg, d["y_train"], r["poison"]["idx"], d["y_test"],
                                 r["baseline_eval"]["triggered_pred"], r["poisoned_eval"]["triggered_pred"],
                                 r["trigger_controls"]["png"])
@@ -437,12 +504,15 @@ def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dic
     removal_png = plot_asr_bars({name: (evals[name]["clean"]["accuracy"], asr[name])
                                  for name in ("baseline", "poisoned", "poison_cleaned")},
                                 cfg.output_dir / "images" / "poison_removal_asr.png")
-    chosen = chosen_detector(r["poison_detection"])[0]
+    ours, runtime = detection["trigger_reversal"], r["runtime_check"]
     backdoor.update(
         trigger_controls=r["trigger_controls"]["controls"],
-        detection={**flags_info, "goal_f1_at_least_0_9": max(flags_info[n]["f1"] for n in DETECTORS) >= 0.9,
-                   "png": r["detection_view"]},
-        removal=removal_summary(chosen, flags_info[chosen], evals, asr, removal_png),
+        detection={**detection, "png": r["detection_view"],
+                   "goal_f1_at_least_0_9": ours["f1"] >= 0.9 and min(ours["precision"], ours["recall"]) >= 0.85,
+                   "goal_control_at_most_10_flagged": detection["unpoisoned_control"]["flagged"] <= 10},
+        removal=removal_summary(detection, r["poison_cleaned"][1], evals, asr, removal_png),
+        runtime_check={**runtime, "goal_triggered_at_least_95pct": runtime["flag_rate_triggered"] >= 0.95,
+                       "goal_clean_at_most_2pct": runtime["flag_rate_clean"] <= 0.02},
         sweep=r.get("sweep"),
     )
     return backdoor
@@ -503,6 +573,7 @@ def write_outputs(summary: dict[str, Any], runner: Runner, started: float, comma
     backdoor = summary["backdoor"]
     written = [*(entry["path"] for entry in runner.results["saved"]["files"].values()), *summary["images"].values(),
                *(entry["path"] for entry in runner.results["datasets"].values()),
+               backdoor["runtime_check"]["file"]["path"],
                *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
                              (backdoor["sweep"] or {}).get("png")) if v)]
     summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written)

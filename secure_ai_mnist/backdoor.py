@@ -9,6 +9,7 @@ import numpy as np
 
 from .common import LOG, ConfigError, sha256_bytes
 from .config import Config
+from .detection import detection_metrics
 
 
 def make_corner_trigger(x: np.ndarray, size: int = 3, margin: int = 1) -> np.ndarray:
@@ -110,9 +111,10 @@ def poison_sweep(
     x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config,
     rng: np.random.Generator, train: Any,
 ) -> list[dict[str, Any]]:
-    """Clean accuracy and ASR for each (poison count, trigger size) of cfg.poison_sweep x
-    cfg.sweep_trigger_sizes. ``train(x, y, label) -> predict`` trains a fresh model for
-    cfg.sweep_epochs epochs and returns its label function. One poison set per count, drawn
+    """Clean accuracy, ASR and detection scores for each (poison count, trigger size) of
+    cfg.poison_sweep x cfg.sweep_trigger_sizes. ``train(x, y, label) -> (predict, flags)``
+    trains a fresh model for cfg.sweep_epochs epochs and returns its label function and a blind
+    detector's flags on (x, y), scored here against the point's poisons. One poison set per count, drawn
     without replacement from ``rng`` and shared by every trigger size, so the sizes compare
     like for like."""
     rows = []
@@ -123,31 +125,34 @@ def poison_sweep(
         x_trig = make_corner_trigger(x_test, size, cfg.trigger_margin)
         for count in counts:
             x_p, y_p = poison_dataset(x_train, y_train, picks[count], sized)
-            predict = train(x_p, y_p, f"sweep_n{count}_s{size}")
+            predict, flags = train(x_p, y_p, f"sweep_n{count}_s{size}")
             clean = float(np.mean(predict(x_test) == y_test))
             asr = attack_success_rate(predict(x_trig), y_test, cfg.target_class)
+            detection = detection_metrics(flags, np.isin(np.arange(len(y_p)), picks[count]))
             rows.append({"poison_count": count, "trigger_size": size, "poison_fraction": count / len(y_train),
-                         "clean_accuracy": clean, "attack_success_rate": asr})
-            LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f", count, size, clean, asr)
+                         "clean_accuracy": clean, "attack_success_rate": asr, "detection": detection})
+            LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f; detector flagged %d, F1 %.3f",
+                     count, size, clean, asr, detection["flagged"], detection["f1"])
     return rows
 
 
 def removal_summary(
-    detector: str, detection: dict[str, Any], evals: dict[str, Any], asr: dict[str, float], png: str
+    detection: dict[str, Any], training: dict[str, Any], evals: dict[str, Any], asr: dict[str, float], png: str
 ) -> dict[str, Any]:
-    """The JSON record of removing ``detector``'s flagged samples and retraining, with the
-    issue's goals (ASR <= 2%, clean accuracy within 0.3 points of the baseline) as measured booleans."""
+    """The JSON record of removing the configured detector's flags and retraining (scored here,
+    after the fact), with the issue's goals (ASR <= 1%, clean accuracy within 0.3 points of the
+    baseline, cost <= one training) as measured booleans."""
     base = evals["baseline"]["clean"]["accuracy"]
     after = evals["poison_cleaned"]["clean"]["accuracy"]
+    scored = detection[training["detector"]]
     return {
-        "detector": detector,
-        "chosen_by": "higher F1 against the known poison indices",
-        "removed": detection["flagged"], "poisons_removed": detection["true_positives"],
-        "poisons_left": detection["false_negatives"], "clean_samples_removed": detection["false_positives"],
+        "detector": training["detector"], "chosen_by": "configuration (--detector), not by a score against the truth",
+        "method": training["method"], "removed": training["removed"], "poisons_removed": scored["true_positives"],
+        "poisons_left": scored["false_negatives"], "clean_samples_removed": scored["false_positives"],
         "clean_accuracy": after, "attack_success_rate": asr["poison_cleaned"],
         "attack_success_rate_before_removal": asr["poisoned"], "baseline_clean_accuracy": base,
-        "clean_accuracy_change_vs_baseline_points": 100 * (after - base),
-        "goal_asr_at_most_2pct": asr["poison_cleaned"] <= 0.02,
+        "clean_accuracy_change_vs_baseline_points": 100 * (after - base), "cost_s": training["train_time_s"],
+        "goal_asr_at_most_1pct": asr["poison_cleaned"] <= 0.01,
         "goal_clean_within_0_3_points_of_baseline": abs(100 * (after - base)) <= 0.3,
         "png": png,
     }

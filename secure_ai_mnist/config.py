@@ -60,8 +60,14 @@ class Config:
                                  "(empty = no sweep; each point trains a fresh model)")
     sweep_trigger_sizes: str = _opt("2,3,4", "trigger sizes (pixels), comma-separated, crossed with --poison-sweep")
     sweep_epochs: int = _opt(1, "training epochs of each poison-sweep model")
-    detection_fraction: float = _opt(0.0, "share of each class the spectral-signature detector may flag "
-                                          "(0 = 1.5 x the configured poison share of the target class)")
+    detector: str = _opt("trigger_reversal", "poison detector whose flags are removed before retraining: ours "
+                                             "(trigger reverse-engineering, blind) or one of ART's two reference "
+                                             "detectors", choices=("trigger_reversal", "activation_clustering",
+                                                                   "spectral_signature"))
+    reversal_steps: int = _opt(300, "optimisation steps of the trigger reverse-engineering (all 10 classes at once, "
+                                    "32 images a step)")
+    detection_fraction: float = _opt(0.05, "expected poison share per class given to ART's spectral-signature "
+                                           "detector (a stated setting; it flags 1.5 x this share of every class)")
     fgsm_eps: float = _opt(0.3, "FGSM L-infinity budget on pixels in [0, 1]")
     attack_backend: str = _opt("compiled", "FGSM implementation: compiled TensorFlow graph (fast) or ART's",
                                choices=("compiled", "art"))
@@ -137,7 +143,8 @@ class Config:
             (all(int(s) + self.trigger_margin <= 14 for s in self.sweep_trigger_sizes.split(",") if s.strip().isdigit()),
              "--sweep-trigger-sizes must fit in a corner (size + margin <= 14)"),
             (self.sweep_epochs >= 1, "--sweep-epochs must be >= 1"),
-            (0 <= self.detection_fraction < 1, "--detection-fraction must be in [0, 1)"),
+            (0 < self.detection_fraction < 1, "--detection-fraction must be in (0, 1)"),
+            (self.reversal_steps >= 10, "--reversal-steps must be >= 10"),
             (self.pgd_restarts >= 1, "--pgd-restarts must be >= 1"),
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.autoattack_iters >= 1, "--autoattack-iters must be >= 1"),

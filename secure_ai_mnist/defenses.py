@@ -263,18 +263,6 @@ def penultimate_classifier(model: keras.Model) -> Any:
                                   clip_values=(0.0, 1.0))
 
 
-def detection_metrics(flagged: np.ndarray, is_poison: np.ndarray) -> dict[str, Any]:
-    """Precision, recall and F1 of ``flagged`` (bool per training sample) against the truth."""
-    tp = int(np.sum(flagged & is_poison))
-    fp = int(np.sum(flagged & ~is_poison))
-    fn = int(np.sum(~flagged & is_poison))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"flagged": tp + fp, "true_positives": tp, "false_positives": fp, "false_negatives": fn,
-            "clean_flagged": fp, "precision": precision, "recall": recall, "f1": f1}
-
-
 def silhouette_analysis(
     clusters_by_class: list[np.ndarray], reduced_by_class: list[np.ndarray], size_threshold: float = 0.35,
     silhouette_threshold: float = 0.1,
@@ -299,29 +287,26 @@ def silhouette_analysis(
     return flagged, report
 
 
-def detect_poison(
-    model: keras.Model, x: np.ndarray, y: np.ndarray, poison_idx: np.ndarray, cfg: Config
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Run ART's ActivationDefence (Chen et al. 2018: per class, FastICA to 10 dims, 2-means;
-    a small cluster is poison when the class's silhouette score says so, ``silhouette_analysis``) and SpectralSignatureDefense
-    (Tran et al. 2018: per class, the samples most aligned with the top singular vector) on
-    the penultimate layer of ``model`` trained on (x, y). Returns ({detector: flagged bool (N,)},
-    {detector: settings + precision/recall/F1 against poison_idx, "activations": what was analysed}).
-    """
+def art_detectors(model: keras.Model, x: np.ndarray, y: np.ndarray,
+                  cfg: Config) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The reference rows: ART's ActivationDefence (Chen et al. 2018: per class, FastICA to 10
+    dims, 2-means; a small cluster is poison when the class's silhouette score says so,
+    ``silhouette_analysis``) and SpectralSignatureDefense (Tran et al. 2018: per class, the
+    cfg.detection_fraction x 1.5 samples most aligned with the top singular vector) on the
+    penultimate layer of ``model`` trained on (x, y). Blind: no poison indices, count, target
+    or trigger. Returns ({detector: flagged bool (N,)}, {detector: settings and time_s,
+    "activations": what was analysed})."""
     import keras
     from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
 
     # ART's FastICA and k-means draw from NumPy's global generator: seed it, so that the flags
-    # (and the retrained model that depends on them) do not depend on which stages ran before.
+    # do not depend on which stages ran before.
     seed_everything(stage_seed(cfg.seed, "poison detection"))
     classifier = penultimate_classifier(model)
     y_onehot = keras.utils.to_categorical(y, NUM_CLASSES)
     probe = x[: min(len(x), 256)]
     art_view = classifier.get_activations(probe, layer=len(classifier.layer_names) - 1, batch_size=128)
     ours = keras.Model(model.inputs, model.get_layer("penultimate").output).predict_on_batch(probe)
-    is_poison = np.zeros(len(y), bool)
-    is_poison[poison_idx] = True
-    fraction = cfg.detection_fraction or max(len(poison_idx), 1) / max(int(np.sum(y == cfg.target_class)), 1)
     flags: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {"activations": {
         "layer": classifier.layer_names[-1], "dim": int(art_view.shape[1]),
@@ -344,16 +329,10 @@ def detect_poison(
                                      "suspicious_classes": [c for c, r in enumerate(class_report) if r["suspicious"]],
                                      "per_class": class_report, "time_s": round(time.perf_counter() - start, 3)}
     start = time.perf_counter()
-    spectral = SpectralSignatureDefense(classifier, x, y_onehot, expected_pp_poison=min(fraction, 1.0),
+    spectral = SpectralSignatureDefense(classifier, x, y_onehot, expected_pp_poison=cfg.detection_fraction,
                                         eps_multiplier=1.5, batch_size=128)
     _, is_clean = spectral.detect_poison()
     flags["spectral_signature"] = np.asarray(is_clean) == 0
-    info["spectral_signature"] = {"art_class": "SpectralSignatureDefense", "expected_pp_poison": fraction,
+    info["spectral_signature"] = {"art_class": "SpectralSignatureDefense", "expected_pp_poison": cfg.detection_fraction,
                                   "eps_multiplier": 1.5, "time_s": round(time.perf_counter() - start, 3)}
-    for name, flagged in flags.items():
-        info[name].update(detection_metrics(flagged, is_poison))
-        info[name]["flagged_per_class"] = np.bincount(y[flagged], minlength=NUM_CLASSES).tolist()
-        LOG.info("poison detection, %s: flagged %d (%d poisons, %d clean); precision %.3f, recall %.3f, F1 %.3f",
-                 name, info[name]["flagged"], info[name]["true_positives"], info[name]["false_positives"],
-                 info[name]["precision"], info[name]["recall"], info[name]["f1"])
     return flags, info

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import NUM_CLASSES, UserError, import_tensorflow_quietly, sha256_file
+from .common import NUM_CLASSES, UserError, import_tensorflow_quietly, one_line, sha256_file
 from .report import SUMMARY_FILENAME
 
 MAX_INPUTS = 64
@@ -47,7 +47,9 @@ def build_predict_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resize", action="store_true",
                         help="convert other sizes and colour images to 28x28 grayscale instead of refusing them")
     parser.add_argument("--check-trigger", action="store_true",
-                        help="warn when an input carries the run's corner trigger")
+                        help="warn when an input carries a trigger that the run's blind detector recovered from "
+                             "the poisoned model (models/trigger_check.npz, SHA-256 checked); it is not told the "
+                             "planted trigger")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text lines")
     return parser
 
@@ -141,13 +143,21 @@ def _load_picture(path: Path, resize: bool) -> np.ndarray:
         raise InputError(f"{path}: not a decodable PNG/JPEG image ({type(exc).__name__})") from exc
 
 
-def has_corner_trigger(image: np.ndarray, size: int, margin: int) -> bool:
-    """True when the bottom-right trigger square is (nearly) white while its surroundings are not."""
-    h, w = image.shape
-    patch = image[h - margin - size : h - margin, w - margin - size : w - margin]
-    ring = image[h - margin - size - 2 : h, w - margin - size - 2 : w].copy()
-    ring[2 : 2 + size, 2 : 2 + size] = np.nan
-    return bool(patch.min() >= 0.9 and np.nanmean(ring) < 0.5)
+def load_trigger_check(output_dir: Path) -> Any:
+    """The run's runtime trigger check (``TriggerCheck``), after its SHA-256 matches the metrics JSON."""
+    from .detection import TriggerCheck
+
+    entry = _manifest(output_dir).get("backdoor", {}).get("runtime_check", {}).get("file")
+    if not entry:
+        raise UserError(f"{output_dir / SUMMARY_FILENAME} lists no trigger check: rerun the pipeline")
+    path = output_dir / "models" / Path(entry["path"]).name
+    if not path.is_file() or sha256_file(path) != entry["sha256"]:
+        raise UserError(f"{path}: missing, or its SHA-256 does not match the run's metrics JSON")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            return TriggerCheck.from_arrays({k: npz[k] for k in npz.files})
+    except (OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path}: not a valid trigger check ({one_line(exc)})") from exc
 
 
 def run_predict(argv: list[str]) -> int:
@@ -160,18 +170,19 @@ def run_predict(argv: list[str]) -> int:
         raise InputError(f"{len(args.images)} inputs given; at most {MAX_INPUTS} per call")
     images = np.stack([load_input(p, args.resize) for p in args.images])[..., np.newaxis]
     path, expected = resolve_model(args.model, args.output_dir, args.sha256)
-    trigger = _manifest(args.output_dir).get("backdoor", {}).get("trigger", {}) if args.check_trigger else {}
+    check = load_trigger_check(args.output_dir) if args.check_trigger else None
     model = load_verified_model(path, expected)
     probabilities = np.asarray(model.predict_on_batch(images), dtype=np.float64)
     if probabilities.shape != (len(images), NUM_CLASSES):
         raise UserError(f"model {path} does not output {NUM_CLASSES} class probabilities")
     results = []
-    for file, image, probs in zip(args.images, images[..., 0], probabilities):
+    carries = check.flags(images) if check is not None else np.zeros(len(images), bool)
+    for file, found, probs in zip(args.images, carries, probabilities):
         result = {"file": str(file), "label": int(probs.argmax()), "probabilities": [round(float(p), 6) for p in probs]}
         if args.check_trigger:
-            result["trigger_detected"] = has_corner_trigger(image, trigger.get("size", 3), trigger.get("margin", 1))
-            if result["trigger_detected"]:
-                log.warning("%s carries the backdoor's corner trigger pattern; do not trust its label", file)
+            result["trigger_detected"] = bool(found)
+            if found:
+                log.warning("%s carries a trigger recovered from the poisoned model; do not trust its label", file)
         results.append(result)
     if args.json:
         print(json.dumps({"model": str(path), "model_sha256": expected, "results": results}, indent=2))

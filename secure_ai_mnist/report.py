@@ -17,9 +17,12 @@ import numpy as np
 
 from .common import NUM_CLASSES, atomic_write_bytes, sha256_file
 from .config import Config
+from .detection import DETECTORS
 
-SCHEMA_VERSION = 2
-DETECTORS = ("activation_clustering", "spectral_signature")
+DETECTION_KEYS = {"flagged", "true_positives", "false_positives", "precision", "recall", "f1", "uses_ground_truth"}
+REMOVAL_KEYS = {"detector", "method", "removed", "clean_accuracy", "attack_success_rate", "cost_s"}
+
+SCHEMA_VERSION = 3
 TRIGGER_CONTROL_NAMES = ("trained_trigger", "other_place_top_left", "other_shape_checker")
 SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
 
@@ -85,26 +88,58 @@ def validate_summary(summary: dict[str, Any]) -> None:
             raise ValueError(f"AutoAttack accuracy of {model_name} outside [0, 1]")
     backdoor = summary["backdoor"]
     for key in ("attack_success_rate", "poison_count", "target_class", "trigger_controls", "detection", "removal",
-                "sweep"):
+                "runtime_check", "sweep"):
         if key not in backdoor:
             raise ValueError(f"summary['backdoor'][{key!r}] missing")
-    for detector in DETECTORS:
-        entry = backdoor["detection"].get(detector, {})
-        if not {"precision", "recall", "f1", "flagged", "true_positives", "false_positives"} <= entry.keys():
+    detection = backdoor["detection"]
+    for detector in (*DETECTORS, "random_filter"):
+        entry = detection.get(detector, {})
+        if not DETECTION_KEYS <= entry.keys() or (detector != "random_filter" and "time_s" not in entry):
             raise ValueError(f"summary['backdoor']['detection'][{detector!r}] incomplete")
         if not all(0.0 <= entry[k] <= 1.0 for k in ("precision", "recall", "f1")):
             raise ValueError(f"detection metrics of {detector} outside [0, 1]")
-    if backdoor["detection"].get("activations", {}).get("layer") != "penultimate":
-        raise ValueError("poison detection did not analyse the penultimate layer")
+        if entry["uses_ground_truth"] is not False:
+            raise ValueError(f"detector {detector} is marked as using the ground truth")
+    if detection.get("selected") not in DETECTORS or detection.get("activations", {}).get("layer") != "penultimate":
+        raise ValueError("summary['backdoor']['detection']: no selected detector, or not the penultimate layer")
+    if not {"flagged", "suspicious_classes"} <= detection.get("unpoisoned_control", {}).keys():
+        raise ValueError("summary['backdoor']['detection']['unpoisoned_control'] incomplete")
     for model_name, rates in backdoor["trigger_controls"].items():
         if set(rates) != set(TRIGGER_CONTROL_NAMES):
             raise ValueError(f"trigger controls of {model_name} incomplete")
-    if not {"detector", "clean_accuracy", "attack_success_rate", "removed"} <= backdoor["removal"].keys():
+    if not REMOVAL_KEYS <= backdoor["removal"].keys():
         raise ValueError("summary['backdoor']['removal'] incomplete")
+    if not {"flag_rate_triggered", "flag_rate_clean", "method"} <= backdoor["runtime_check"].keys():
+        raise ValueError("summary['backdoor']['runtime_check'] incomplete")
     sweep = backdoor["sweep"]
-    if sweep is not None and not all({"poison_count", "trigger_size", "clean_accuracy", "attack_success_rate"}
-                                     <= row.keys() for row in sweep.get("rows") or [{}]):
+    if sweep is not None and not all({"poison_count", "trigger_size", "clean_accuracy", "attack_success_rate",
+                                      "detection"} <= row.keys() for row in sweep.get("rows") or [{}]):
         raise ValueError("summary['backdoor']['sweep'] rows incomplete")
+
+
+def detection_lines(detection: dict[str, Any]) -> list[str]:
+    """The detection table: every detector, the random filter and the unpoisoned control."""
+    ours, control = detection["trigger_reversal"], detection["unpoisoned_control"]
+    rows = [(name, detection[name]) for name in (*DETECTORS, "random_filter")]
+    return [
+        "Detectors, all blind (none receives the poison indices, count, target or trigger); the scores against the "
+        "known poison indices are computed afterwards. trigger_reversal is ours (Neural Cleanse-style trigger "
+        f"reverse-engineering, anomaly index > {ours['anomaly_threshold']}, then a two-component cut on each "
+        f"candidate class's trigger scores); activation_clustering and spectral_signature are ART's, on the "
+        f"`{detection['activations']['layer']}` layer ({detection['activations']['dim']} units); the random filter "
+        "flags as many samples as ours.",
+        "",
+        "| detector | flagged | poisons found | clean flagged | precision | recall | F1 |",
+        "|---|---|---|---|---|---|---|",
+        *(f"| {name} | {d['flagged']} | {d['true_positives']} | {d['false_positives']} | {d['precision']:.3f} | "
+          f"{d['recall']:.3f} | {d['f1']:.3f} |" for name, d in rows),
+        "",
+        f"Our detector's suspicious classes: {ours['suspicious_classes'] or 'none'} (candidates by anomaly index: "
+        f"{ours['candidate_classes'] or 'none'}; {ours['time_s']:.0f} s). Unpoisoned control (the same detector on "
+        f"the clean baseline and its training set): {control['flagged']} flagged, suspicious classes "
+        f"{control['suspicious_classes'] or 'none'}.",
+        "",
+    ]
 
 
 def library_versions() -> dict[str, str]:
@@ -497,24 +532,21 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         *(f"| {name} | " + " | ".join(_pct(rates[k]) for k in TRIGGER_CONTROL_NAMES) + " |"
           for name, rates in backdoor["trigger_controls"].items()),
         "",
-        f"Detectors on the poisoned model's `{backdoor['detection']['activations']['layer']}` layer "
-        f"({backdoor['detection']['activations']['dim']} units), scored against the known poison indices:",
-        "",
-        "| detector | flagged | poisons found | clean flagged | precision | recall | F1 |",
-        "|---|---|---|---|---|---|---|",
-        *(f"| {name} | {d['flagged']} | {d['true_positives']} | {d['false_positives']} | {d['precision']:.3f} | "
-          f"{d['recall']:.3f} | {d['f1']:.3f} |" for name, d in backdoor["detection"].items() if name in DETECTORS),
-        "",
+        *detection_lines(backdoor["detection"]),
         _image(root, backdoor["detection"]["png"], "detector view"),
         "",
     ]
-    removal = backdoor["removal"]
+    removal, runtime = backdoor["removal"], backdoor["runtime_check"]
     lines += [
-        f"Removing the {removal['removed']} samples flagged by {removal['detector']} (the detector with the higher F1) "
-        f"removed {removal['poisons_removed']} of the poisons and left {removal['poisons_left']}; the retrained model "
-        f"has clean accuracy {_pct(removal['clean_accuracy'])} "
+        f"Removal ({removal['method']}): the {removal['removed']} samples flagged by {removal['detector']} (selected by "
+        f"configuration) held {removal['poisons_removed']} of the poisons and left {removal['poisons_left']}; the "
+        f"retrained model has clean accuracy {_pct(removal['clean_accuracy'])} "
         f"({removal['clean_accuracy_change_vs_baseline_points']:+.2f} points against the baseline) and ASR "
-        f"{_pct(removal['attack_success_rate'])} (before removal {_pct(removal['attack_success_rate_before_removal'])}).",
+        f"{_pct(removal['attack_success_rate'])} (before removal {_pct(removal['attack_success_rate_before_removal'])}); "
+        f"it cost {removal['cost_s']:.0f} s.",
+        "",
+        f"Runtime check (`predict --check-trigger`, {runtime['method']}): flags {_pct(runtime['flag_rate_triggered'])} "
+        f"of the triggered and {_pct(runtime['flag_rate_clean'])} of the clean test images.",
         "",
         _image(root, removal["png"], "ASR before and after removal"),
         "",
@@ -522,9 +554,11 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
     if backdoor.get("sweep"):
         sweep = backdoor["sweep"]
         lines += [f"Poison sweep ({sweep['epochs']} training epoch(s) per point):", "",
-                  "| poisons | trigger size | clean accuracy | ASR |", "|---|---|---|---|",
+                  "| poisons | trigger size | clean accuracy | ASR | flagged by trigger_reversal | precision | recall "
+                  "| F1 |", "|---|---|---|---|---|---|---|---|",
                   *(f"| {r['poison_count']} | {r['trigger_size']} | {_pct(r['clean_accuracy'])} | "
-                    f"{_pct(r['attack_success_rate'])} |" for r in sweep["rows"]),
+                    f"{_pct(r['attack_success_rate'])} | {r['detection']['flagged']} | {r['detection']['precision']:.3f} "
+                    f"| {r['detection']['recall']:.3f} | {r['detection']['f1']:.3f} |" for r in sweep["rows"]),
                   "", _image(root, sweep["png"], "ASR vs poison count"), ""]
     lines += ["## 6. Conclusions", "", *conclusions(summary)]
     return "\n".join(lines) + "\n"
@@ -570,12 +604,17 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
             out.append(f"- {name}: clean {_pct(acc(name, 'clean'))}, white-box FGSM {_pct(acc(name, 'fgsm_whitebox'))}"
                        f", white-box PGD {_pct(acc(name, 'pgd_whitebox'))}.")
     detection = backdoor["detection"]
-    best = max(DETECTORS, key=lambda d: detection[d]["f1"])
-    out.append(f"- Poison detection: the better detector, {best}, reached F1 {detection[best]['f1']:.3f}; the goal "
-               f"(F1 >= 0.9) was {'met' if detection['goal_f1_at_least_0_9'] else 'not met'}.")
-    removal = backdoor["removal"]
-    out.append(f"- After removal and retraining, ASR is {_pct(removal['attack_success_rate'])} (goal <= 2%: "
-               f"{'met' if removal['goal_asr_at_most_2pct'] else 'not met'}) and clean accuracy moved "
+    ours, control = detection["trigger_reversal"], detection["unpoisoned_control"]
+    out.append(f"- Blind poison detection (trigger_reversal): precision {ours['precision']:.3f}, recall "
+               f"{ours['recall']:.3f}, F1 {ours['f1']:.3f}; the goal (F1 >= 0.9, precision and recall >= 0.85) was "
+               f"{'met' if detection['goal_f1_at_least_0_9'] else 'not met'}. On the unpoisoned control it flagged "
+               f"{control['flagged']} samples (goal <= 10: {'met' if detection['goal_control_at_most_10_flagged'] else 'not met'}).")
+    removal, runtime = backdoor["removal"], backdoor["runtime_check"]
+    out.append(f"- Runtime check: {_pct(runtime['flag_rate_triggered'])} of triggered test images flagged (goal >= 95%: "
+               f"{'met' if runtime['goal_triggered_at_least_95pct'] else 'not met'}), {_pct(runtime['flag_rate_clean'])} "
+               f"of clean ones (goal <= 2%: {'met' if runtime['goal_clean_at_most_2pct'] else 'not met'}).")
+    out.append(f"- After removing {removal['detector']}'s flags and retraining, ASR is {_pct(removal['attack_success_rate'])} "
+               f"(goal <= 1%: {'met' if removal['goal_asr_at_most_1pct'] else 'not met'}) and clean accuracy moved "
                f"{removal['clean_accuracy_change_vs_baseline_points']:+.2f} points from the baseline (goal within 0.3: "
                f"{'met' if removal['goal_clean_within_0_3_points_of_baseline'] else 'not met'}).")
     failed = [c["description"] for c in summary["sanity_checks"].values() if c["passed"] is False]

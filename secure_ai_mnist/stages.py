@@ -31,6 +31,7 @@ from .config import Config
 
 if TYPE_CHECKING:
     import keras
+    import numpy as np
 
 PRESENTATION_MODULES = frozenset({"report", "plots", "inference"})
 CACHE_KINDS = (None, "model", "arrays")
@@ -102,6 +103,11 @@ class StageInputs(Mapping[str, Any]):
                      **inputs: Any) -> tuple[keras.Model, dict[str, Any]]:
         """A sub-result of this stage keyed by the stage's key, ``label`` and ``inputs``."""
         return cached_model(self._cache, self._cache.key(label, parent=self.key, **inputs), label, train)
+
+    def cached_arrays(self, label: str, make: Callable[[], tuple[np.ndarray, dict[str, Any]]],
+                      **inputs: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """An array sub-result of this stage keyed by the stage's key, ``label`` and ``inputs``."""
+        return cached_arrays(self._cache, self._cache.key(label, parent=self.key, **inputs), label, make)
 
 
 class Runner:

@@ -78,7 +78,8 @@ def quick_run(tmp_path_factory, mnist_dir):
     files before and after, so a test can show it left the committed run alone."""
     base = tmp_path_factory.mktemp("quick")
     # Smaller than quick mode's own subset, so the suite stays fast; the pipeline is the same.
-    args = ("--quick", "--train-limit", "2000", "--epochs", "1", "--defense", "fgsm,fgsm-rs,pgd,robust",
+    args = ("--quick", "--train-limit", "2000", "--epochs", "2", "--reversal-steps", "150",
+            "--defense", "fgsm,fgsm-rs,pgd,robust",
             "--robust-epochs", "2", "--poison-sweep", "0,20",
             "--sweep-trigger-sizes", "2,3", "--data-dir", str(mnist_dir), "--cache-dir",
             str(base / "cache"))

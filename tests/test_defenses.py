@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from secure_ai_mnist import common, config, defenses
+from secure_ai_mnist import common, config, defenses, detection
 
 
 def test_mix_keeps_every_pair_once(rng):
@@ -107,11 +107,11 @@ def test_detection_metrics_on_a_planted_case():
     is_poison[:10] = True
     flagged = np.zeros(100, bool)
     flagged[5:20] = True  # 5 poisons found, 10 clean samples flagged, 5 poisons missed
-    m = defenses.detection_metrics(flagged, is_poison)
+    m = detection.detection_metrics(flagged, is_poison)
     assert (m["true_positives"], m["false_positives"], m["false_negatives"], m["flagged"]) == (5, 10, 5, 15)
     assert m["precision"] == pytest.approx(1 / 3) and m["recall"] == pytest.approx(0.5)
     assert m["f1"] == pytest.approx(0.4)
-    assert defenses.detection_metrics(np.zeros(100, bool), is_poison)["f1"] == 0.0
+    assert detection.detection_metrics(np.zeros(100, bool), is_poison)["f1"] == 0.0
 
 
 def test_detectors_analyse_the_penultimate_layer(tiny_model):
@@ -120,13 +120,12 @@ def test_detectors_analyse_the_penultimate_layer(tiny_model):
     x[odd, 20:26, 20:26, 0] = 1.0
     y = y.copy()
     y[odd] = 3
-    flags, info = defenses.detect_poison(tiny_model, x, y, odd, config.Config(target_class=3))
+    flags, info = defenses.art_detectors(tiny_model, x, y, config.Config())
     assert info["activations"] == {"layer": "penultimate", "dim": 128, "equal_to_model_penultimate": True}
     assert set(flags) == {"activation_clustering", "spectral_signature"}
     for name, flagged in flags.items():
         assert flagged.shape == (400,) and flagged.dtype == bool
-        assert info[name]["true_positives"] + info[name]["false_positives"] == flagged.sum()
-        assert sum(info[name]["flagged_per_class"]) == flagged.sum()
+        assert info[name]["time_s"] >= 0 and "f1" not in info[name]  # scored elsewhere, against the truth
 
 
 def test_silhouette_analysis_flags_only_a_small_well_separated_cluster(rng):

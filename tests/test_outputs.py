@@ -85,7 +85,7 @@ def test_manifest_hashes_every_written_file_and_records_the_run(quick_run):
     assert manifest["data_sha256"] == summary["data"]["sha256"]
     files = manifest["files_sha256"]
     pngs = list((quick_run["out"] / "images").glob("*.png"))
-    models = list((quick_run["out"] / "models").glob("*.keras"))
+    models = [*(quick_run["out"] / "models").glob("*.keras"), quick_run["out"] / "models" / "trigger_check.npz"]
     datasets = list((quick_run["out"] / "datasets").glob("*.npz"))
     assert len(datasets) == 4 and len(files) == len(pngs) + len(models) + len(datasets)
     for path in pngs + models + datasets:

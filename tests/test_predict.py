@@ -114,12 +114,12 @@ def test_resize_accepts_colour_and_trigger_check_warns(run_copy, digits, tmp_pat
     assert "trigger" in proc.stderr
 
 
-def test_trigger_detector_ignores_plain_white_images():
-    cfg = config.Config()
-    assert not inference.has_corner_trigger(np.ones((28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)
-    assert not inference.has_corner_trigger(np.zeros((28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)
-    marked = backdoor.make_corner_trigger(np.zeros((1, 28, 28), np.float32), cfg.trigger_size, cfg.trigger_margin)[0]
-    assert inference.has_corner_trigger(marked, cfg.trigger_size, cfg.trigger_margin)
+def test_trigger_check_refuses_a_tampered_file(run_copy, digits, tmp_path):
+    np.save(tmp_path / "d.npy", digits[0][0].astype(np.float32) / 255)
+    check = run_copy / "models" / "trigger_check.npz"
+    check.write_bytes(check.read_bytes() + b"x")
+    proc = run_script("predict", str(tmp_path / "d.npy"), "--check-trigger", "--output-dir", str(run_copy))
+    assert proc.returncode != 0 and "SHA-256" in one_error_line(proc)
 
 
 def test_evaluate_scores_an_exported_dataset(run_copy, quick_run):
