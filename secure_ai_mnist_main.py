@@ -35,6 +35,7 @@ from secure_ai_mnist.backdoor import (
     make_corner_trigger,
     poison_dataset,
     poison_sweep,
+    sweep_detection,
     removal_summary,
     select_poison_indices,
     trigger_controls,
@@ -250,18 +251,31 @@ def detection_view(cfg: Config, inputs: StageInputs) -> str:
 
 
 def sweep_poisons(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """Clean accuracy, ASR and our blind detector's flags for a fresh model per (poison count,
-    trigger size); each model and each detection cached."""
-    d, sweep_cfg = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
+    """Clean accuracy and ASR of a fresh model per (poison count, trigger size); each model cached."""
+    d, sweep_cfg, models = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs), {}
 
-    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> tuple[Callable[[np.ndarray], np.ndarray], np.ndarray]:
-        net, _ = inputs.cached_model(label, lambda: train_cnn(x, y, sweep_cfg, label))
-        flags, _ = inputs.cached_arrays(f"{label}_detection", lambda: run_detectors(net, x, y, cfg, references=False))
-        return predicted_labels(net, cfg.attack_batch_size), flags[0].astype(bool)
+    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
+        models[label] = inputs.cached_model(label, lambda: train_cnn(x, y, sweep_cfg, label))[0]
+        return predicted_labels(models[label], cfg.attack_batch_size)
 
     rows = poison_sweep(d["x_train"], d["y_train"], d["x_test"], d["y_test"], cfg,
                         np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_point)
-    return {"epochs": cfg.sweep_epochs, "rows": rows, "png": plot_poison_sweep(rows, inputs.images / "poison_sweep_asr.png")}
+    return {"epochs": cfg.sweep_epochs, "rows": rows, "models": models,
+            "png": plot_poison_sweep(rows, inputs.images / "poison_sweep_asr.png")}
+
+
+def detect_in_sweep(cfg: Config, inputs: StageInputs) -> list[dict[str, Any]]:
+    """Our blind detector at every sweep point, on that point's training set and model (each
+    cached), scored against the point's poisons afterwards."""
+    d, models = inputs["data"], inputs["sweep"]["models"]
+
+    def detect(x: np.ndarray, y: np.ndarray, label: str) -> np.ndarray:
+        flags, _ = inputs.cached_arrays(f"{label}_detection",
+                                        lambda: run_detectors(models[label], x, y, cfg, references=False))
+        return flags[0].astype(bool)
+
+    return sweep_detection(d["x_train"], d["y_train"], cfg, np.random.default_rng(stage_seed(cfg.seed, "poison sweep")),
+                           detect)
 
 
 def fgsm_on(source: str, model: str, target: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict]]:
@@ -412,10 +426,7 @@ def pipeline(cfg: Config) -> list[Stage]:
         Stage("poisoned_eval", clean_and_triggered("poisoned", "Poisoned model"), reads=("data", "poison", "poisoned")),
         Stage("trigger_controls", backdoor_controls, reads=("data", "poison", "baseline", "poisoned")),
         *backdoor_defense_stages(),
-        *([Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor", "detection", "attacks"),
-                 config=(*TRAIN, *DETECT, "sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class",
-                         "trigger_margin"), title="poison sweep (poison count x trigger size), blind detection")]
-          if cfg.poison_sweep else []),
+        *(sweep_stages() if cfg.poison_sweep else []),
         Stage("fgsm_train", fgsm_on("train", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
               modules=("attacks",), cache="arrays", label="FGSM train set"),
         Stage("fgsm_test", fgsm_on("test", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
@@ -463,6 +474,16 @@ def backdoor_defense_stages() -> list[Stage]:
         Stage("runtime_check", runtime_check, reads=("data", "poison", "poison_detection")),
         Stage("detection_view", detection_view, reads=("poison", "poisoned", "poison_detection")),
     ]
+
+
+def sweep_stages() -> list[Stage]:
+    """--poison-sweep: a fresh model per (poison count, trigger size), then our blind detector on each."""
+    sweep_config = ("sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class", "trigger_margin")
+    return [Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor"), config=(*TRAIN, *sweep_config),
+                  title="poison sweep (poison count x trigger size)"),
+            Stage("sweep_detection", detect_in_sweep, reads=("data", "sweep"), config=(*DETECT, *sweep_config),
+                  modules=("detection", "defenses", "model", "attacks", "config", "backdoor"),
+                  title="blind poison detection at every sweep point")]
 
 
 def per_batch_stages(cfg: Config) -> list[Stage]:
@@ -513,7 +534,8 @@ def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dic
         removal=removal_summary(detection, r["poison_cleaned"][1], evals, asr, removal_png),
         runtime_check={**runtime, "goal_triggered_at_least_95pct": runtime["flag_rate_triggered"] >= 0.95,
                        "goal_clean_at_most_2pct": runtime["flag_rate_clean"] <= 0.02},
-        sweep=r.get("sweep"),
+        sweep=r.get("sweep") and {"epochs": r["sweep"]["epochs"], "png": r["sweep"]["png"], "rows": [
+            {**row, "detection": scored} for row, scored in zip(r["sweep"]["rows"], r["sweep_detection"])]},
     )
     return backdoor
 

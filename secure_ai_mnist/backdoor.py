@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -107,32 +108,54 @@ def backdoor_summary(
     }
 
 
-def poison_sweep(
-    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config,
-    rng: np.random.Generator, train: Any,
-) -> list[dict[str, Any]]:
-    """Clean accuracy, ASR and detection scores for each (poison count, trigger size) of
-    cfg.poison_sweep x cfg.sweep_trigger_sizes. ``train(x, y, label) -> (predict, flags)``
-    trains a fresh model for cfg.sweep_epochs epochs and returns its label function and a blind
-    detector's flags on (x, y), scored here against the point's poisons. One poison set per count, drawn
+def sweep_sets(
+    x_train: np.ndarray, y_train: np.ndarray, cfg: Config, rng: np.random.Generator,
+) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(poison count, trigger size, poison indices, poisoned x, poisoned y) for each point of
+    cfg.poison_sweep x cfg.sweep_trigger_sizes, size-major. One poison set per count, drawn
     without replacement from ``rng`` and shared by every trigger size, so the sizes compare
-    like for like."""
-    rows = []
+    like for like; the same ``rng`` seed gives the same sets."""
     counts, sizes = parse_int_list(cfg.poison_sweep), parse_int_list(cfg.sweep_trigger_sizes)
     picks = {count: select_poison_indices(y_train, count, cfg.target_class, rng) for count in counts}
     for size in sizes:
         sized = dataclasses.replace(cfg, trigger_size=size)
-        x_trig = make_corner_trigger(x_test, size, cfg.trigger_margin)
         for count in counts:
-            x_p, y_p = poison_dataset(x_train, y_train, picks[count], sized)
-            predict, flags = train(x_p, y_p, f"sweep_n{count}_s{size}")
-            clean = float(np.mean(predict(x_test) == y_test))
-            asr = attack_success_rate(predict(x_trig), y_test, cfg.target_class)
-            detection = detection_metrics(flags, np.isin(np.arange(len(y_p)), picks[count]))
-            rows.append({"poison_count": count, "trigger_size": size, "poison_fraction": count / len(y_train),
-                         "clean_accuracy": clean, "attack_success_rate": asr, "detection": detection})
-            LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f; detector flagged %d, F1 %.3f",
-                     count, size, clean, asr, detection["flagged"], detection["f1"])
+            yield (count, size, picks[count], *poison_dataset(x_train, y_train, picks[count], sized))
+
+
+def sweep_label(count: int, size: int) -> str:
+    return f"sweep_n{count}_s{size}"
+
+
+def poison_sweep(
+    x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, cfg: Config,
+    rng: np.random.Generator, train: Any,
+) -> list[dict[str, Any]]:
+    """Clean accuracy and ASR for each point of ``sweep_sets``. ``train(x, y, label) -> predict``
+    trains a fresh model for cfg.sweep_epochs epochs and returns its label function."""
+    rows = []
+    for count, size, _, x_p, y_p in sweep_sets(x_train, y_train, cfg, rng):
+        predict = train(x_p, y_p, sweep_label(count, size))
+        clean = float(np.mean(predict(x_test) == y_test))
+        asr = attack_success_rate(predict(make_corner_trigger(x_test, size, cfg.trigger_margin)), y_test,
+                                  cfg.target_class)
+        rows.append({"poison_count": count, "trigger_size": size, "poison_fraction": count / len(y_train),
+                     "clean_accuracy": clean, "attack_success_rate": asr})
+        LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f", count, size, clean, asr)
+    return rows
+
+
+def sweep_detection(
+    x_train: np.ndarray, y_train: np.ndarray, cfg: Config, rng: np.random.Generator, detect: Any,
+) -> list[dict[str, Any]]:
+    """Scoring code: ``detect(x, y, label) -> flags`` (blind: it gets one point's training set
+    and label only) at each point of ``sweep_sets``, scored against that point's poisons."""
+    rows = []
+    for count, size, picks, x_p, y_p in sweep_sets(x_train, y_train, cfg, rng):
+        scored = detection_metrics(detect(x_p, y_p, sweep_label(count, size)), np.isin(np.arange(len(y_p)), picks))
+        rows.append(scored)
+        LOG.info("poison sweep: %d poisons, trigger %dpx: blind detector flagged %d, F1 %.3f", count, size,
+                 scored["flagged"], scored["f1"])
     return rows
 
 

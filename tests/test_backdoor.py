@@ -82,17 +82,22 @@ def test_poison_sweep_shares_poisons_across_sizes_and_reports_every_point(rng):
 
     def train(x_p, y_p, label):
         seen[label] = np.flatnonzero(np.any(x_p != x, axis=(1, 2, 3)))
-        flags = np.zeros(len(y_p), bool)
-        flags[seen[label][:3]] = True  # a detector that finds three poisons (none when none were planted)
-        flags[-1] = True  # and one clean sample
-        return (lambda images: np.full(len(images), 7)), flags  # predicts the target for everything
+        return lambda images: np.full(len(images), 7)  # predicts the target for everything
 
-    rows = backdoor.poison_sweep(x, y, x[:40], y[:40], cfg, rng, train)
+    def detect(x_p, y_p, label):  # finds three of the poisons (none when none were planted) and one clean sample
+        flags = np.zeros(len(y_p), bool)
+        flags[np.flatnonzero(np.any(x_p != x, axis=(1, 2, 3)))[:3]] = True
+        flags[np.flatnonzero(np.all(x_p == x, axis=(1, 2, 3)))[0]] = True
+        return flags
+
+    seed = int(rng.integers(1 << 30))
+    rows = backdoor.poison_sweep(x, y, x[:40], y[:40], cfg, np.random.default_rng(seed), train)
     assert [(r["poison_count"], r["trigger_size"]) for r in rows] == [(0, 2), (5, 2), (20, 2), (0, 4), (5, 4), (20, 4)]
     assert all(r["attack_success_rate"] == 1.0 for r in rows)
     assert len(seen["sweep_n20_s2"]) == 20 and len(seen["sweep_n0_s4"]) == 0
     np.testing.assert_array_equal(seen["sweep_n5_s2"], seen["sweep_n5_s4"])
-    scored = {(r["poison_count"], r["trigger_size"]): r["detection"] for r in rows}
+    scored = {(r["poison_count"], r["trigger_size"]): d
+              for r, d in zip(rows, backdoor.sweep_detection(x, y, cfg, np.random.default_rng(seed), detect))}
     assert scored[(20, 2)]["true_positives"] == 3 and scored[(20, 2)]["recall"] == 3 / 20
     assert scored[(5, 4)]["precision"] == 0.75 and scored[(0, 2)]["flagged"] == 1 and scored[(0, 2)]["f1"] == 0.0
     assert backdoor.parse_int_list("0, 10,") == (0, 10)

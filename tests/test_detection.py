@@ -100,6 +100,9 @@ def test_detector_finds_planted_poisons_blind(planted):
     m = detection.detection_metrics(flagged, np.isin(np.arange(len(y)), poisons))
     assert m["precision"] >= 0.9 and m["recall"] >= 0.9, (m, report)
     assert report["suspicious_classes"] == [3] and check.classes.tolist() == [3]
+    corner = np.zeros((28, 28, 1), bool)
+    corner[22:28, 22:28] = True
+    assert check.masks[0][~corner].sum() <= 0.1 * check.masks[0].sum()  # it recovered the planted place
     clean_probe = synthetic_digits(np.random.default_rng(6), 200)[0]
     stamped = clean_probe.copy()
     stamped[:, 24:27, 24:27, 0] = 1.0
@@ -110,3 +113,4 @@ def test_detector_flags_nothing_on_an_unpoisoned_model(tiny_model):
     x, y = synthetic_digits(np.random.default_rng(1), 400)  # tiny_model's own training set
     flagged, check, report = detection.detect_backdoor(tiny_model, x, y, steps=200, seed=0)
     assert flagged.sum() == 0 and report["suspicious_classes"] == [] and len(check.classes) == 0
+

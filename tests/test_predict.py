@@ -8,7 +8,7 @@ import pytest
 from conftest import run_script
 from PIL import Image
 
-from secure_ai_mnist import backdoor, config, data, inference
+from secure_ai_mnist import backdoor, data, inference
 
 
 @pytest.fixture(scope="module")
