@@ -98,6 +98,7 @@ def test_robust_pgd_phase_and_apgd_guard_are_recorded():
 def test_robust_profile_presets_and_explicit_flags_win():
     cfg = config.parse_config(["--profile", "robust"])
     assert cfg.per_batch_defenses == ("robust",) and cfg.pgd_limit == 0 and cfg.pgd_restarts == 3
+    assert cfg.autoattack_targets == 5 and config.parse_config([]).autoattack_targets == 9
     assert config.parse_config(["--profile", "robust", "--pgd-restarts", "1"]).pgd_restarts == 1
     assert config.parse_config(["--profile", "robust", "--quick"]).pgd_limit == 200
 
