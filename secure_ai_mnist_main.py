@@ -43,6 +43,7 @@ from secure_ai_mnist.backdoor import (
 from secure_ai_mnist.cache import StageCache, code_version
 from secure_ai_mnist.common import (
     LOG,
+    NUM_CLASSES,
     AttackBoundError,
     ConfigError,
     RunLog,
@@ -202,7 +203,7 @@ def score_detection(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     chance = random_filter(len(is_poison), int(rows[0].sum()), np.random.default_rng(stage_seed(cfg.seed, "random filter")))
     scored = {name: {**{k: v for k, v in info.get(name, {}).items() if k != "trigger_check"},
                      **detection_metrics(row.astype(bool), is_poison), "uses_ground_truth": False,
-                     "flagged_per_class": np.bincount(p["y"][row.astype(bool)], minlength=10).tolist()}
+                     "flagged_per_class": np.bincount(p["y"][row.astype(bool)], minlength=NUM_CLASSES).tolist()}
               for name, row in zip(DETECTORS, rows)}
     for name, entry in scored.items():
         LOG.info("poison detection, %s: flagged %d (%d poisons, %d clean); precision %.3f, recall %.3f, F1 %.3f",
