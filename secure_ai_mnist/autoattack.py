@@ -1,9 +1,10 @@
 """Robust accuracy to the AutoAttack standard (Croce and Hein 2020), and attack-failure checks.
 
 The ensemble runs APGD with the cross-entropy loss, then targeted APGD with the DLR loss
-against each of the top-k other classes, then (on a fixed subset) ART's black-box
-SquareAttack; each attack sees only the points still robust, and a point is robust only if
-it survives all of them (worst case per point). FAB-T, the fourth attack of the standard
+against each of the top-k other classes, then (on a fixed subset) the black-box Square
+attack, compiled here and held against ART's SquareAttack in the tests; each attack sees
+only the points still robust, and a point is robust only if it survives all of them (worst
+case per point). FAB-T, the fourth attack of the standard
 ensemble, is not run: the report says so next to every number.
 """
 
@@ -168,25 +169,90 @@ def run_apgd(
     return x_adv, fooled
 
 
+SQUARE_HALVINGS = np.array([10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000])  # of a 10,000-iteration run
+
+
+def square_sizes(n_iter: int, p_init: float = 0.8, side: int = IMAGE_SHAPE[0]) -> np.ndarray:
+    """Side of Square's window at each iteration (Andriushchenko et al. 2020, L-inf): the share
+    p of pixels changed starts at p_init and halves after iterations 10, 50, 200, 500, 1000,
+    2000, 4000, 6000 and 8000 of a 10,000-iteration run (rescaled to n_iter); the side is
+    round(sqrt(p * side^2)), between 1 and side - 1. int32 (n_iter,), never increasing."""
+    progress = (np.arange(n_iter) * 10000 // max(n_iter, 1)).astype(int)
+    p = p_init / 2.0 ** np.searchsorted(SQUARE_HALVINGS, progress, side="left")
+    return np.clip(np.round(np.sqrt(p * side * side)), 1, side - 1).astype(np.int32)
+
+
+def make_square(model: keras.Model) -> Callable[..., Any]:
+    """A compiled L-inf Square attack (Andriushchenko et al. 2020) on ``model``'s logits.
+
+    ``square(x, y, eps, sizes, seed) -> x_adv`` starts from vertical stripes of +-eps, then per
+    iteration k moves one random sizes[k]-pixel square window of each still-robust image to a
+    random vertex (+eps or -eps; the other sign when the drawn one would not change the image)
+    and keeps the move only if the margin z_y - max_{j != y} z_j falls. Black-box: only logits
+    are read, one query per image and iteration. Stops once every image is misclassified.
+    x_adv is within eps of x and in [0, 1]; the stateless seed (2,) makes it repeatable.
+    """
+    import tensorflow as tf
+
+    logits_of, side = logits_model(model), IMAGE_SHAPE[0]
+
+    def margin(x, y):
+        z = logits_of(x, training=False)
+        others = tf.where(tf.one_hot(y, NUM_CLASSES) > 0, tf.constant(-np.inf, z.dtype), z)
+        return tf.gather(z, y, batch_dims=1) - tf.reduce_max(others, axis=1)
+
+    def window(top, left, size):  # (N, side, side, 1) float mask of each image's square
+        pos = tf.range(side)[None]
+        rows = (pos >= top[:, None]) & (pos < top[:, None] + size)
+        cols = (pos >= left[:, None]) & (pos < left[:, None] + size)
+        return tf.cast(rows[:, :, None] & cols[:, None, :], tf.float32)[..., None]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32), tf.TensorSpec([None], tf.int64),
+                                  tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32),
+                                  tf.TensorSpec([2], tf.int32)])
+    def square(x, y, eps, sizes, seed):
+        n = tf.shape(x)[0]
+        stripes = tf.where(tf.random.stateless_uniform([n, 1, side, 1], seed) < 0.5, -eps, eps)
+        x_best = tf.clip_by_value(x + stripes, 0.0, 1.0)
+        best = margin(x_best, y)
+
+        def step(k, x_best, best):
+            size = sizes[k]
+            draw = tf.random.stateless_uniform([n, 3], tf.random.experimental.stateless_fold_in(seed, k))
+            corner = tf.cast(tf.floor(draw[:, :2] * tf.cast(side - size + 1, tf.float32)), tf.int32)
+            mask = window(corner[:, 0], corner[:, 1], size)
+            sign = tf.where(draw[:, 2] < 0.5, -eps, eps)[:, None, None, None]
+            same = tf.reduce_all(tf.abs(tf.clip_by_value(x + sign, 0.0, 1.0) - x_best) * mask < 1e-7, axis=[1, 2, 3])
+            sign = tf.where(same[:, None, None, None], -sign, sign)
+            x_new = x_best * (1.0 - mask) + tf.clip_by_value(x + sign, 0.0, 1.0) * mask
+            new = margin(x_new, y)
+            better = (new < best) & (best > 0)
+            return k + 1, tf.where(better[:, None, None, None], x_new, x_best), tf.where(better, new, best)
+
+        def going(k, x_best, best):
+            return (k < tf.shape(sizes)[0]) & tf.reduce_any(best > 0)
+
+        return tf.while_loop(going, step, [tf.constant(0), x_best, best])[1]
+
+    return square
+
+
 def run_square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, queries: int,
-               rng: np.random.Generator) -> np.ndarray:
-    """ART's SquareAttack (L-inf, black-box, ``queries`` iterations, margin loss): fooled bool (N,).
+               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Our compiled Square attack (``make_square``; L-inf, black-box, ``queries`` queries per
+    image: the stripes, then queries - 1 window moves) on all points in one batch, seeded from
+    ``rng``. Held against ART's SquareAttack in tests/test_autoattack.py.
 
-    ART draws its squares from NumPy's global generator, which is seeded here from ``rng`` so
-    a rerun repeats the attack. Every query predicts all remaining points in one batch: ART's
-    per-call overhead, not the model, dominates at small batches."""
-    from art.attacks.evasion import SquareAttack
+    Returns (x_adv float32 within eps of x and in [0, 1], fooled bool (N,))."""
+    import tensorflow as tf
 
-    from .attacks import art_classifier
-
-    if not len(x):
-        return np.zeros(0, bool)
-    attack = SquareAttack(estimator=art_classifier(model), norm=np.inf, eps=eps, max_iter=queries, p_init=0.8,
-                          nb_restarts=1, batch_size=max(len(x), 1), verbose=False)
-    np.random.seed(int(rng.integers(2**31)))  # nosec B311 - seeds ART's attack, not security-relevant
-    x_adv = attack.generate(x=x, y=np.eye(NUM_CLASSES, dtype=np.float32)[y]).astype(np.float32)
+    if not len(x) or queries < 1:
+        return x.astype(np.float32), np.zeros(len(x), bool)
+    seed = tf.constant(rng.integers(2**31, size=2), tf.int32)
+    x_adv = make_square(model)(tf.constant(x.astype(np.float32, copy=False)), tf.constant(y, tf.int64),
+                               tf.constant(eps, tf.float32), tf.constant(square_sizes(queries - 1)), seed).numpy()
     check_linf_bound(x_adv, x, eps)
-    return predicted(model, x_adv, 256).argmax(axis=1) != y
+    return x_adv, predicted(model, x_adv, 256).argmax(axis=1) != y
 
 
 def whitebox_ensemble(
@@ -235,7 +301,7 @@ def autoattack(
         head = np.flatnonzero(robust[:square_n])
         LOG.info("  Square (%d queries) on the %d of the first %d images still robust", cfg.square_queries, len(head),
                  square_n)
-        robust[head] &= ~run_square(model, x[head], y[head], cfg.pgd_eps, cfg.square_queries, rng)
+        robust[head] &= ~run_square(model, x[head], y[head], cfg.pgd_eps, cfg.square_queries, rng)[1]
         per_attack["square"] = {"n": int(square_n), "queries": cfg.square_queries,
                                 "accuracy_before": float(whitebox[:square_n].mean()),
                                 "accuracy_after": float(robust[:square_n].mean())}

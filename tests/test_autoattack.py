@@ -49,6 +49,37 @@ def test_ours_at_least_as_strong_as_art_apgd(tiny_model, probe):
     assert our_acc <= art_acc + 2 * np.sqrt(art_acc * (1 - art_acc) / len(y)), (our_acc, art_acc)
 
 
+def test_square_window_schedule_follows_the_paper():
+    sizes = autoattack.square_sizes(10000)
+    # p = 0.8 of 784 pixels (side 25) halves after iterations 10, 50, 200, ..., 8000
+    assert sizes[10] == 25 and sizes[11] == 18 and sizes[50] == 18 and sizes[51] == 13 and sizes[-1] == 1
+    assert np.all(np.diff(sizes) <= 0) and sizes.dtype == np.int32
+    assert autoattack.square_sizes(5000)[5] == 25 and autoattack.square_sizes(5000)[6] == 18
+
+
+def test_our_square_at_least_as_strong_as_art_square(tiny_model, probe):
+    from art.attacks.evasion import SquareAttack
+
+    from secure_ai_mnist.attacks import art_classifier
+
+    x, y = probe
+    queries = 150
+    ours, fooled = autoattack.run_square(tiny_model, x, y, EPS, queries, np.random.default_rng(0))
+    assert np.max(np.abs(ours - x)) <= EPS + 1e-6 and ours.min() >= 0 and ours.max() <= 1
+    our_acc = float(np.mean(~fooled))
+    assert our_acc == pytest.approx(np.mean(autoattack.predicted(tiny_model, ours, 64).argmax(1) == y))
+    again = autoattack.run_square(tiny_model, x, y, EPS, queries, np.random.default_rng(0))[0]
+    assert np.array_equal(ours, again), "the same seed must repeat the attack"
+    np.random.seed(0)  # nosec B311 - ART draws its squares from NumPy's global generator
+    art = SquareAttack(estimator=art_classifier(tiny_model), norm=np.inf, eps=EPS, max_iter=queries, p_init=0.8,
+                       nb_restarts=1, batch_size=len(x), verbose=False)
+    x_art = art.generate(x=x, y=np.eye(10, dtype=np.float32)[y])
+    art_acc = float(np.mean(autoattack.predicted(tiny_model, x_art, 64).argmax(1) == y))
+    clean = float(np.mean(autoattack.predicted(tiny_model, x, 64).argmax(1) == y))
+    assert 0.05 < art_acc < clean, "the comparison needs an eps where the attack half-works"
+    assert our_acc <= art_acc + 2 * np.sqrt(art_acc * (1 - art_acc) / len(y)), (our_acc, art_acc)
+
+
 def test_ensemble_is_cumulative_and_worst_case(tiny_model, probe):
     x, y = probe
     cfg = Config(pgd_eps=EPS, autoattack_iters=20, autoattack_targets=3, square_queries=50, square_limit=40,
