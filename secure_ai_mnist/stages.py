@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import signal
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,7 @@ class Runner:
         self.results: dict[str, Any] = {}
         self.keys: dict[str, str] = {}
         self.timings: dict[str, float] = {}
+        self.interrupted = False
 
     def key(self, stage: Stage) -> str:
         """The stage's cache key (see the module docstring for what it covers)."""
@@ -129,17 +132,39 @@ class Runner:
         )
 
     def run(self, stages: Sequence[Stage]) -> dict[str, Any]:
-        """Run ``stages`` in order and return every result by stage name."""
+        """Run ``stages`` in order and return every result by stage name.
+
+        Ctrl-C raises KeyboardInterrupt at once, and also marks the run interrupted, so that an
+        interrupt that library code swallows (TensorFlow tracing can) still stops the run
+        before the next stage."""
         names = [s.name for s in stages]
         if len(set(names)) != len(names):
             raise ValueError(f"stage names repeat: {names}")
-        for stage in stages:
-            missing = [name for name in stage.reads if name not in self.results]
-            if missing:
-                raise ValueError(f"stage {stage.name} reads {missing}, which no earlier stage computes")
-            with timed_stage(stage.title or stage.label or stage.name, self.timings):
-                self.results[stage.name] = self._run_one(stage)
+        previous = self._watch_interrupts()
+        try:
+            for stage in stages:
+                missing = [name for name in stage.reads if name not in self.results]
+                if missing:
+                    raise ValueError(f"stage {stage.name} reads {missing}, which no earlier stage computes")
+                with timed_stage(stage.title or stage.label or stage.name, self.timings):
+                    self.results[stage.name] = self._run_one(stage)
+                if self.interrupted:
+                    raise KeyboardInterrupt
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         return self.results
+
+    def _watch_interrupts(self) -> Any:
+        """Install the SIGINT handler (main thread only); returns the handler it replaced, or None."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def interrupt(signum: int, frame: Any) -> None:
+            self.interrupted = True
+            raise KeyboardInterrupt
+
+        return signal.signal(signal.SIGINT, interrupt)
 
     def _run_one(self, stage: Stage) -> Any:
         key = "" if stage.key_from_result else self.key(stage)

@@ -78,6 +78,29 @@ def test_undeclared_reads_and_bad_declarations_are_refused():
         stages.Stage("x", double, modules=("nonexistent",))
 
 
+def swallows_interrupt(cfg: Config, inputs: stages.StageInputs) -> int:
+    import os
+    import signal
+
+    try:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C arrives while library code runs...
+    except BaseException:  # ...and that code swallows it (as TensorFlow's tracing can)
+        pass
+    return 1
+
+
+def test_swallowed_interrupt_still_stops_before_the_next_stage():
+    import signal
+
+    before = signal.getsignal(signal.SIGINT)
+    runner = make(Config(seed=3))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run([stages.Stage("source", source), stages.Stage("swallow", swallows_interrupt),
+                    stages.Stage("later", source)])
+    assert runner.interrupted and "swallow" in runner.results and "later" not in runner.results
+    assert signal.getsignal(signal.SIGINT) is before, "the run's handler is removed afterwards"
+
+
 def test_entry_pipeline_declares_consistent_stages():
     import secure_ai_mnist_main as entry
 
