@@ -90,6 +90,7 @@ from secure_ai_mnist.report import (
     REPORT_FILENAME,
     SCHEMA_VERSION,
     SUMMARY_FILENAME,
+    git_state,
     host_summary,
     library_versions,
     results_table,
@@ -588,7 +589,8 @@ def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]
     }
 
 
-def write_outputs(summary: dict[str, Any], runner: Runner, started: float, command_line: list[str]) -> None:
+def write_outputs(summary: dict[str, Any], runner: Runner, started: float, command_line: list[str],
+                  code: dict[str, Any]) -> None:
     """Bandit, the manifest of every written file, the metrics JSON and REPORT.md (all atomic)."""
     root = runner.dirs["root"]
     with stage("Bandit on this code base", runner.timings):
@@ -599,7 +601,7 @@ def write_outputs(summary: dict[str, Any], runner: Runner, started: float, comma
                backdoor["runtime_check"]["file"]["path"],
                *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
                              (backdoor["sweep"] or {}).get("png")) if v)]
-    summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written)
+    summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written, code)
     summary["report"] = str(root / REPORT_FILENAME)
     write_summary(summary, root / SUMMARY_FILENAME)
     write_report(summary, root / REPORT_FILENAME)
@@ -609,10 +611,11 @@ def run_pipeline(cfg: Config, command_line: list[str] | None = None) -> dict[str
     """Run every stage in order, then write the outputs; return the summary that was written."""
     started = time.time()
     dirs = prepare_output_dir(cfg.output_dir)
+    code = git_state(dirs["root"])
     runner = Runner(cfg, StageCache(None if cfg.no_cache else cfg.cache_dir / "stages"), dirs)
     runner.run(pipeline(cfg))
     summary = build_summary(cfg, runner, started)
-    write_outputs(summary, runner, started, ["secure_ai_mnist_main.py", *(command_line or [])])
+    write_outputs(summary, runner, started, ["secure_ai_mnist_main.py", *(command_line or [])], code)
     for check in summary["sanity_checks"].values():
         if check["passed"] is False:
             LOG.warning("sanity check failed, a robustness number is not to be trusted: %s", check["description"])

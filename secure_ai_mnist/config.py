@@ -73,7 +73,7 @@ class Config:
                                choices=("compiled", "art"))
     defense: str = _opt("fgsm", "defenses, comma-separated: fgsm (the seed's static FGSM training set, always "
                                 "trained), fgsm-rs (FGSM from a random start per batch), pgd (PGD per batch), "
-                                "robust (the robust profile's FGSM-RS recipe, see --robust-*)")
+                                "robust (the robust profile's recipe: FGSM-RS warm start, then PGD; see --robust-*)")
     pgd_train_steps: int = _opt(7, "PGD steps per batch for the pgd defense")
     robust_epochs: int = _opt(20, "planned epochs of the robust defense (its one-cycle lr spans them)")
     robust_lr: float = _opt(5e-3, "peak Adam learning rate of the robust defense's one-cycle schedule")

@@ -350,8 +350,9 @@ def run_bandit() -> dict[str, Any]:
 
 
 def run_manifest(started: float, command_line: list[str], data_sha256: dict[str, str], root: Path,
-                 files: list[str]) -> dict[str, Any]:
-    """Who ran what, when, on which code and data, and the SHA-256 of every file the run wrote."""
+                 files: list[str], code: dict[str, Any]) -> dict[str, Any]:
+    """Who ran what, when, on which code (``git_state`` read when the run started: a commit made
+    during a long run is not the code that ran) and data, and the SHA-256 of every file written."""
     written = {}
     for name in sorted(set(files)):
         path = Path(name)
@@ -360,7 +361,7 @@ def run_manifest(started: float, command_line: list[str], data_sha256: dict[str,
                 name = str(path.relative_to(root))
             written[name] = sha256_file(path)
     return {"started_utc": _utc(started), "finished_utc": _utc(time.time()), "command_line": command_line,
-            "working_directory": str(Path.cwd()), "code": git_state(root), "data_sha256": data_sha256,
+            "working_directory": str(Path.cwd()), "code": code, "data_sha256": data_sha256,
             "files_sha256": written, "log_file": "run.log (run_failed.log when the run fails)"}
 
 
