@@ -32,13 +32,15 @@ from secure_ai_mnist.autoattack import ATTACKS, autoattack
 from secure_ai_mnist.backdoor import (
     attack_success_rate,
     backdoor_summary,
-    make_corner_trigger,
+    describe_trigger,
     poison_dataset,
     poison_sweep,
     sweep_detection,
     removal_summary,
+    select_cross_indices,
     select_poison_indices,
     trigger_controls,
+    trigger_spec,
 )
 from secure_ai_mnist.cache import StageCache, code_version
 from secure_ai_mnist.common import (
@@ -58,7 +60,7 @@ from secure_ai_mnist.config import EPS_GRID, Config, parse_config
 from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
 from secure_ai_mnist.datasets import save_images, save_npz
 from secure_ai_mnist.defenses import mix_clean_and_adversarial, train_per_batch_adversarial
-from secure_ai_mnist.detection import DETECTORS, TriggerCheck, detection_metrics, random_filter, run_detectors
+from secure_ai_mnist.detection import DETECTORS, OURS, detection_metrics, random_filter, run_detectors, runtime_trigger_check
 from secure_ai_mnist.evaluation import (
     confusion_png,
     eps_curve,
@@ -68,6 +70,7 @@ from secure_ai_mnist.evaluation import (
     robustness_tables,
 )
 from secure_ai_mnist.inference import run_evaluate, run_predict
+from secure_ai_mnist.matrix import MATRIX_RATES, attack_record, f1_table, matrix_points, poisoned_set
 from secure_ai_mnist.model import (
     configure_tensorflow,
     layer_output,
@@ -82,9 +85,11 @@ from secure_ai_mnist.plots import (
     plot_asr_bars,
     plot_detection_view,
     plot_fgsm_examples,
+    plot_matrix_heatmap,
     plot_poison_examples,
     plot_poison_sweep,
     plot_training_curves,
+    plot_trigger_families,
 )
 from secure_ai_mnist.report import (
     REPORT_FILENAME,
@@ -101,14 +106,19 @@ from secure_ai_mnist.report import (
     write_summary,
 )
 from secure_ai_mnist.stages import Runner, Stage, StageInputs
+from secure_ai_mnist.triggers import FAMILIES, stamp
 
 TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
-TRIGGER = ("poison_count", "target_class", "trigger_size", "trigger_margin", "seed")
+TRIGGER = ("poison_count", "target_class", "backdoor", "trigger_size", "trigger_margin", "trigger_corner",
+           "trigger_position", "trigger_pattern", "blend_alpha", "sig_amplitude", "sig_frequency", "sig_clean_label",
+           "wanet_grid", "wanet_strength", "wanet_noise", "wanet_cross_ratio", "seed")
 DETECT = ("reversal_steps", "detection_fraction", "seed")
 FGSM = ("fgsm_eps", "attack_backend")
 PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
 AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
               "stability_limit", "seed")
+DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_knn", "detect_art", "detector_api",
+                  "model", "attacks", "config")
 ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
 
 
@@ -138,12 +148,13 @@ def pick_pgd_subset(cfg: Config, inputs: StageInputs) -> np.ndarray:
 
 
 def plant_backdoor(cfg: Config, inputs: StageInputs) -> dict[str, np.ndarray]:
-    """Poison indices, the poisoned training set and the triggered test set."""
-    d = inputs["data"]
-    poison_idx = select_poison_indices(d["y_train"], cfg.poison_count, cfg.target_class, d["rngs"]["poison"])
-    x_poisoned, y_poisoned = poison_dataset(d["x_train"], d["y_train"], poison_idx, cfg)
-    return {"idx": poison_idx, "x": x_poisoned, "y": y_poisoned,
-            "x_test_triggered": make_corner_trigger(d["x_test"], cfg.trigger_size, cfg.trigger_margin)}
+    """Poison indices (and WaNet's cross indices), the poisoned training set and the triggered test set."""
+    d, spec, rng = inputs["data"], trigger_spec(cfg), inputs["data"]["rngs"]["poison"]
+    poison_idx = select_poison_indices(d["y_train"], cfg.poison_count, cfg.target_class, rng, spec.clean_label)
+    cross_idx = select_cross_indices(len(d["y_train"]), poison_idx, spec, cfg.wanet_cross_ratio, rng)
+    x_poisoned, y_poisoned = poison_dataset(d["x_train"], d["y_train"], poison_idx, cfg, cross_idx, rng)
+    return {"idx": poison_idx, "cross_idx": cross_idx, "x": x_poisoned, "y": y_poisoned,
+            "x_test_triggered": stamp(d["x_test"], spec)}
 
 
 def train_baseline(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
@@ -166,12 +177,17 @@ def clean_and_triggered(name: str, title: str) -> Callable[[Config, StageInputs]
 
 
 def backdoor_controls(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """ASR with the trained and two control triggers on both models, and the poison examples figure."""
+    """ASR with the trained and the control triggers on both models, the poison examples figure and
+    the figure of every trigger family on one training image."""
     d, p = inputs["data"], inputs["poison"]
+    families = {f: dataclasses.replace(trigger_spec(cfg), family=f) for f in FAMILIES}
     return {"controls": {name: trigger_controls(predicted_labels(inputs[name][0], cfg.attack_batch_size),
                                                 d["x_test"], d["y_test"], cfg) for name in ("baseline", "poisoned")},
             "png": plot_poison_examples(d["x_train"], p["x"], d["y_train"], p["y"], p["idx"],
-                                        inputs.images / "method1_poison_examples.png")}
+                                        inputs.images / "method1_poison_examples.png"),
+            "families_png": plot_trigger_families(d["x_train"][0], {f: stamp(d["x_train"][:1], s)[0]
+                                                                    for f, s in families.items()},
+                                                  inputs.images / "trigger_families.png")}
 
 
 def defender_view(cfg: Config, inputs: StageInputs) -> dict[str, np.ndarray]:
@@ -201,7 +217,8 @@ def score_detection(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     p, (rows, info), control = inputs["poison"], inputs["poison_detection"], inputs["detection_control"]
     is_poison = np.zeros(len(p["y"]), bool)
     is_poison[p["idx"]] = True
-    chance = random_filter(len(is_poison), int(rows[0].sum()), np.random.default_rng(stage_seed(cfg.seed, "random filter")))
+    chance = random_filter(len(is_poison), int(selected_flags(cfg, inputs["poison_detection"]).sum()),
+                           np.random.default_rng(stage_seed(cfg.seed, "random filter")))
     scored = {name: {**{k: v for k, v in info.get(name, {}).items() if k != "trigger_check"},
                      **detection_metrics(row.astype(bool), is_poison), "uses_ground_truth": False,
                      "flagged_per_class": np.bincount(p["y"][row.astype(bool)], minlength=NUM_CLASSES).tolist()}
@@ -210,14 +227,22 @@ def score_detection(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
         LOG.info("poison detection, %s: flagged %d (%d poisons, %d clean); precision %.3f, recall %.3f, F1 %.3f",
                  name, entry["flagged"], entry["true_positives"], entry["false_positives"], entry["precision"],
                  entry["recall"], entry["f1"])
-    ours = control[1]["trigger_reversal"]
     return {**scored, "activations": info["activations"], "selected": cfg.detector,
             "random_filter": {**detection_metrics(chance, is_poison), "uses_ground_truth": False,
-                              "method": "uniform without replacement, as many flags as trigger_reversal"},
-            "unpoisoned_control": {"detector": "trigger_reversal", "flagged": int(control[0][0].sum()),
-                                   "suspicious_classes": ours["suspicious_classes"],
-                                   "candidate_classes": ours["candidate_classes"],
-                                   "anomaly_index": ours["anomaly_index"], "time_s": ours["time_s"]}}
+                              "method": f"uniform without replacement, as many flags as {cfg.detector}"},
+            "unpoisoned_control": control_summary(cfg, control)}
+
+
+def control_summary(cfg: Config, control: tuple[np.ndarray, dict[str, Any]]) -> dict[str, Any]:
+    """The unpoisoned control: what the configured detector and each of ours flagged on clean data."""
+    rows, info = control
+    reversal = info["trigger_reversal"]
+    return {"detector": cfg.detector, "flagged": int(rows[DETECTORS.index(cfg.detector)].sum()),
+            "flagged_share": float(rows[DETECTORS.index(cfg.detector)].mean()),
+            "flagged_by": {name: int(rows[DETECTORS.index(name)].sum()) for name in DETECTORS if name in info},
+            "suspicious_classes": sorted({c for name in OURS for c in info[name]["suspicious_classes"]}),
+            "candidate_classes": reversal["candidate_classes"], "anomaly_index": reversal["anomaly_index"],
+            "time_s": round(sum(info[name]["time_s"] for name in OURS), 3)}
 
 
 def retrain_without_flagged(cfg: Config, inputs: StageInputs) -> tuple[Any, dict[str, Any]]:
@@ -228,16 +253,22 @@ def retrain_without_flagged(cfg: Config, inputs: StageInputs) -> tuple[Any, dict
 
 
 def runtime_check(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """Our detector's recovered trigger as an input filter, measured on the clean and the triggered
-    test set; written to models/trigger_check.npz for ``predict --check-trigger``."""
-    d, info = inputs["data"], inputs["poison_detection"][1]["trigger_reversal"]
-    check = TriggerCheck.from_arrays(info["trigger_check"])
+    """The configured detector's recovered trigger as an input filter, measured on the clean and the
+    triggered test set; written to models/trigger_check.npz for ``predict --check-trigger``. A
+    detector that recovers no trigger gets no check, and the record says so."""
+    d, check = inputs["data"], runtime_trigger_check(inputs["poison_detection"][1], cfg.detector)
+    if check is None:
+        LOG.info("runtime trigger check: %s recovers no trigger, so there is no input filter", cfg.detector)
+        return {"trigger_recovered": False, "flag_rate_triggered": None, "flag_rate_clean": None, "file": None,
+                "method": f"none: {cfg.detector} recovers no trigger", "suspicious_classes": [],
+                "n_test_images": int(len(d["y_test"]))}
     file = save_npz(inputs.dirs["models"] / "trigger_check.npz", **check.arrays())
     rates = {"flag_rate_triggered": float(check.flags(inputs["poison"]["x_test_triggered"]).mean()),
              "flag_rate_clean": float(check.flags(d["x_test"]).mean())}
     LOG.info("runtime trigger check: %.2f%% of triggered and %.2f%% of clean test images flagged",
              100 * rates["flag_rate_triggered"], 100 * rates["flag_rate_clean"])
-    return {**rates, "method": "score against trigger_reversal's recovered masks and patterns above its cut",
+    return {**rates, "trigger_recovered": bool(len(check.classes)),
+            "method": f"score against {cfg.detector}'s recovered masks and patterns above its cut",
             "suspicious_classes": check.classes.tolist(), "n_test_images": int(len(d["y_test"])), "file": file}
 
 
@@ -274,10 +305,69 @@ def detect_in_sweep(cfg: Config, inputs: StageInputs) -> list[dict[str, Any]]:
     def detect(x: np.ndarray, y: np.ndarray, label: str) -> np.ndarray:
         flags, _ = inputs.cached_arrays(f"{label}_detection",
                                         lambda: run_detectors(models[label], x, y, cfg, references=False))
-        return flags[0].astype(bool)
+        return flags[DETECTORS.index(cfg.detector)].astype(bool)
 
     return sweep_detection(d["x_train"], d["y_train"], cfg, np.random.default_rng(stage_seed(cfg.seed, "poison sweep")),
                            detect)
+
+
+def train_matrix_models(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """--backdoor-matrix: a poisoned model per matrix point (each cached), its clean accuracy and ASR."""
+    d, models, points = inputs["data"], {}, []
+    for point in matrix_points(len(d["y_train"]), cfg.seed):
+        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
+        models[point.label] = inputs.cached_model(point.label, lambda: train_cnn(x_p, y_p, cfg, f"matrix_{point.label}"))[0]
+        record = attack_record(predicted_labels(models[point.label], cfg.attack_batch_size), d["x_test"], d["y_test"],
+                               point)
+        LOG.info("backdoor matrix, %s (target %d, %d poisons): clean %.4f, ASR %.4f", point.label, point.target_class,
+                 point.poison_count, record["clean_accuracy"], record["attack_success_rate"])
+        points.append({**point.record(), **record})
+    return {"points": points, "models": models}
+
+
+def detect_in_matrix(cfg: Config, inputs: StageInputs) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """Every detector at every matrix point, on that point's training set and model only (blind; cached)."""
+    d, models, out = inputs["data"], inputs["matrix_models"]["models"], {}
+    for point in matrix_points(len(d["y_train"]), cfg.seed):
+        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
+        out[point.label] = inputs.cached_arrays(f"{point.label}_detection",
+                                                lambda: run_detectors(models[point.label], x_p, y_p, cfg))
+    return out
+
+
+def remove_in_matrix(cfg: Config, inputs: StageInputs) -> dict[str, dict[str, Any]]:
+    """At every matrix point, the configured defense's flags removed and a fresh model trained on the
+    rest (cached); nothing flagged means nothing to retrain, and the poisoned model stays."""
+    d, models, out = inputs["data"], inputs["matrix_models"]["models"], {}
+    for point in matrix_points(len(d["y_train"]), cfg.seed):
+        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
+        keep = ~selected_flags(cfg, inputs["matrix_detection"][point.label])
+        model = models[point.label] if keep.all() else inputs.cached_model(
+            f"{point.label}_cleaned", lambda: train_cnn(x_p[keep], y_p[keep], cfg, f"matrix_{point.label}_cleaned"))[0]
+        out[point.label] = {"removed": int((~keep).sum()), "retrained": bool(not keep.all()),
+                            **attack_record(predicted_labels(model, cfg.attack_batch_size), d["x_test"], d["y_test"],
+                                            point)}
+    return out
+
+
+def score_matrix(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
+    """Scoring code (it reads each point's poison indices): P/R/F1 of every detector per point, the
+    removal result, the heatmap."""
+    d, rows = inputs["data"], []
+    for point, record in zip(matrix_points(len(d["y_train"]), cfg.seed), inputs["matrix_models"]["points"]):
+        idx = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)[0]
+        flags = inputs["matrix_detection"][point.label][0]
+        is_poison = np.isin(np.arange(len(d["y_train"])), idx)
+        rows.append({**record, "detection": {name: {**detection_metrics(row.astype(bool), is_poison),
+                                                    "uses_ground_truth": False} for name, row in zip(DETECTORS, flags)},
+                     "removal": inputs["matrix_removal"][point.label]})
+    png = plot_matrix_heatmap([r["label"] for r in rows], list(DETECTORS), f1_table(rows, list(DETECTORS)),
+                              inputs.images / "backdoor_matrix_f1.png")
+    control = inputs["detection_control"][0][DETECTORS.index(cfg.detector)]
+    return {"points": rows, "detectors": list(DETECTORS), "selected": cfg.detector, "epochs": cfg.epochs,
+            "n_train": int(len(d["y_train"])), "rates": MATRIX_RATES, "heatmap_png": png,
+            "control_flagged": int(control.sum()),
+            "baseline_clean_accuracy": inputs["baseline_eval"]["evals"]["clean"]["accuracy"]}
 
 
 def fgsm_on(source: str, model: str, target: str) -> Callable[[Config, StageInputs], tuple[np.ndarray, dict]]:
@@ -419,7 +509,7 @@ def pipeline(cfg: Config) -> list[Stage]:
         Stage("data", load_data, modules=("data",), title="load data, start TensorFlow", key_from_result=data_key),
         Stage("pgd_subset", pick_pgd_subset, reads=("data",), config=("pgd_limit",),
               key_from_result=lambda idx: sha256_bytes(idx.tobytes())),
-        Stage("poison", plant_backdoor, reads=("data",), config=TRIGGER, modules=("backdoor",)),
+        Stage("poison", plant_backdoor, reads=("data",), config=TRIGGER, modules=("backdoor", "triggers")),
         Stage("baseline", train_baseline, reads=("data",), config=TRAIN, modules=("model",), cache="model",
               label="baseline model", title="train baseline"),
         Stage("baseline_eval", clean_and_triggered("baseline", "Baseline"), reads=("data", "poison", "baseline")),
@@ -429,6 +519,7 @@ def pipeline(cfg: Config) -> list[Stage]:
         Stage("trigger_controls", backdoor_controls, reads=("data", "poison", "baseline", "poisoned")),
         *backdoor_defense_stages(),
         *(sweep_stages() if cfg.poison_sweep else []),
+        *(matrix_stages() if cfg.backdoor_matrix else []),
         Stage("fgsm_train", fgsm_on("train", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
               modules=("attacks",), cache="arrays", label="FGSM train set"),
         Stage("fgsm_test", fgsm_on("test", "baseline", "baseline"), reads=("data", "baseline"), config=FGSM,
@@ -460,20 +551,21 @@ def pipeline(cfg: Config) -> list[Stage]:
 def backdoor_defense_stages() -> list[Stage]:
     """Blind poison detection (and its unpoisoned control), scoring, removal, the runtime check.
     The detectors and the removal read the defender's view (images, labels, model), never ``poison``."""
-    detect_modules = ("detection", "defenses", "model", "attacks", "config")
+    detect_modules = DETECT_MODULES
     return [
         Stage("train_view", defender_view, reads=("poison",)),
         Stage("poison_detection", detect_poisons, reads=("train_view", "poisoned"), config=DETECT,
               modules=detect_modules, cache="arrays", label="poison detection flags", title="blind poison detection"),
         Stage("detection_control", detect_on_clean, reads=("data", "baseline"), config=DETECT, modules=detect_modules,
               cache="arrays", label="unpoisoned control flags", title="poison detection on the clean baseline"),
-        Stage("detection_scores", score_detection, reads=("poison", "poison_detection", "detection_control")),
+        Stage("detection_scores", score_detection, reads=("poison", "poison_detection", "detection_control"),
+              config=("detector",)),
         Stage("poison_cleaned", retrain_without_flagged, reads=("train_view", "poison_detection"),
               config=(*TRAIN, "detector"), modules=("model",), cache="model",
               label="model retrained without flagged samples"),
         Stage("poison_cleaned_eval", clean_and_triggered("poison_cleaned", "Retrained without flagged samples"),
               reads=("data", "poison", "poison_cleaned")),
-        Stage("runtime_check", runtime_check, reads=("data", "poison", "poison_detection")),
+        Stage("runtime_check", runtime_check, reads=("data", "poison", "poison_detection"), config=("detector",)),
         Stage("detection_view", detection_view, reads=("poison", "poisoned", "poison_detection")),
     ]
 
@@ -484,8 +576,23 @@ def sweep_stages() -> list[Stage]:
     return [Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor"), config=(*TRAIN, *sweep_config),
                   title="poison sweep (poison count x trigger size)"),
             Stage("sweep_detection", detect_in_sweep, reads=("data", "sweep"), config=(*DETECT, *sweep_config),
-                  modules=("detection", "defenses", "model", "attacks", "config", "backdoor"),
+                  modules=(*DETECT_MODULES, "backdoor", "triggers"),
                   title="blind poison detection at every sweep point")]
+
+
+def matrix_stages() -> list[Stage]:
+    """--backdoor-matrix: poisoned models, then every detector on each (blind), then the configured
+    defense's removal, then the scores. Each is its own stage, so editing a detector keeps the models."""
+    attack = ("model", "backdoor", "triggers", "matrix")
+    return [Stage("matrix_models", train_matrix_models, reads=("data",), config=(*TRAIN, "backdoor_matrix"),
+                  modules=attack, title="backdoor matrix: poisoned models"),
+            Stage("matrix_detection", detect_in_matrix, reads=("data", "matrix_models"), config=DETECT,
+                  modules=(*DETECT_MODULES, *attack), title="backdoor matrix: blind detection"),
+            Stage("matrix_removal", remove_in_matrix, reads=("data", "matrix_models", "matrix_detection"),
+                  config=(*TRAIN, "detector"), modules=attack, title="backdoor matrix: removal and retraining"),
+            Stage("matrix_scores", score_matrix, config=("detector",),
+                  reads=("data", "matrix_models", "matrix_detection", "matrix_removal", "detection_control",
+                         "baseline_eval"))]
 
 
 def per_batch_stages(cfg: Config) -> list[Stage]:
@@ -527,15 +634,19 @@ def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dic
     removal_png = plot_asr_bars({name: (evals[name]["clean"]["accuracy"], asr[name])
                                  for name in ("baseline", "poisoned", "poison_cleaned")},
                                 cfg.output_dir / "images" / "poison_removal_asr.png")
-    ours, runtime = detection["trigger_reversal"], r["runtime_check"]
+    ours, runtime = detection[cfg.detector], r["runtime_check"]
+    recovered = runtime["flag_rate_triggered"] is not None
     backdoor.update(
         trigger_controls=r["trigger_controls"]["controls"],
         detection={**detection, "png": r["detection_view"],
                    "goal_f1_at_least_0_9": ours["f1"] >= 0.9 and min(ours["precision"], ours["recall"]) >= 0.85,
-                   "goal_control_at_most_10_flagged": detection["unpoisoned_control"]["flagged"] <= 10},
+                   "goal_control_at_most_0_1pct_flagged": detection["unpoisoned_control"]["flagged_share"] <= 0.001},
         removal=removal_summary(detection, r["poison_cleaned"][1], evals, asr, removal_png),
-        runtime_check={**runtime, "goal_triggered_at_least_95pct": runtime["flag_rate_triggered"] >= 0.95,
-                       "goal_clean_at_most_2pct": runtime["flag_rate_clean"] <= 0.02},
+        runtime_check={**runtime,
+                       "goal_triggered_at_least_95pct": runtime["flag_rate_triggered"] >= 0.95 if recovered else None,
+                       "goal_clean_at_most_1pct": runtime["flag_rate_clean"] <= 0.01 if recovered else None},
+        trigger_description=describe_trigger(trigger_spec(cfg)),
+        matrix=r.get("matrix_scores") and {**r["matrix_scores"], "examples_png": r["trigger_controls"]["families_png"]},
         sweep=r.get("sweep") and {"epochs": r["sweep"]["epochs"], "png": r["sweep"]["png"], "rows": [
             {**row, "detection": scored} for row, scored in zip(r["sweep"]["rows"], r["sweep_detection"])]},
     )
@@ -581,6 +692,7 @@ def build_summary(cfg: Config, runner: Runner, started: float) -> dict[str, Any]
         "timings_s": {**runner.timings, "total": round(time.time() - started, 3)},
         "images": {"training_curves": r["saved"]["training_curves"],
                    "method1_poison_examples": r["trigger_controls"]["png"],
+                   "trigger_families": r["trigger_controls"]["families_png"],
                    "method2_clean_vs_fgsm": r["baseline_fgsm_eval"]["png"],
                    "accuracy_vs_eps": study["accuracy_vs_eps"]["png"],
                    **{Path(v["confusion_png"]).stem: v["confusion_png"] for e in models.values() for v in e["eval"].values()}},
@@ -598,9 +710,9 @@ def write_outputs(summary: dict[str, Any], runner: Runner, started: float, comma
     backdoor = summary["backdoor"]
     written = [*(entry["path"] for entry in runner.results["saved"]["files"].values()), *summary["images"].values(),
                *(entry["path"] for entry in runner.results["datasets"].values()),
-               backdoor["runtime_check"]["file"]["path"],
+               *([backdoor["runtime_check"]["file"]["path"]] if backdoor["runtime_check"]["file"] else []),
                *(v for v in (backdoor["detection"]["png"], backdoor["removal"]["png"],
-                             (backdoor["sweep"] or {}).get("png")) if v)]
+                             (backdoor["sweep"] or {}).get("png"), (backdoor["matrix"] or {}).get("heatmap_png")) if v)]
     summary["manifest"] = run_manifest(started, command_line, summary["data"]["sha256"], root, written, code)
     summary["report"] = str(root / REPORT_FILENAME)
     write_summary(summary, root / SUMMARY_FILENAME)

@@ -11,46 +11,66 @@ import numpy as np
 from .common import LOG, ConfigError, sha256_bytes
 from .config import Config
 from .detection import detection_metrics
+from .model import stage_seed
+from .triggers import TriggerSpec, cross_images, stamp
+
+
+def trigger_spec(cfg: Config) -> TriggerSpec:
+    """The configured trigger; its random parts (blend image, warping field, random patch) are
+    drawn from the run's seed."""
+    position = tuple(int(v) for v in cfg.trigger_position.split(",")) if cfg.trigger_position.strip() else None
+    return TriggerSpec(family=cfg.backdoor, size=cfg.trigger_size, margin=cfg.trigger_margin,
+                       corner=cfg.trigger_corner, position=position, pattern=cfg.trigger_pattern,
+                       alpha=cfg.blend_alpha, amplitude=cfg.sig_amplitude, frequency=cfg.sig_frequency,
+                       clean_label=cfg.sig_clean_label, grid=cfg.wanet_grid, strength=cfg.wanet_strength,
+                       noise_mode=cfg.wanet_noise, seed=stage_seed(cfg.seed, "trigger"))
 
 
 def make_corner_trigger(x: np.ndarray, size: int = 3, margin: int = 1) -> np.ndarray:
     """Copy of ``x`` (N, H, W[, C]) with a white ``size``x``size`` square ``margin`` pixels
     from the bottom-right corner. White is 1.0 for float images and 255 for uint8."""
-    return make_trigger(x, "square", size, margin)
+    return stamp(x, TriggerSpec(size=size, margin=margin))
 
 
 def make_trigger(x: np.ndarray, shape: str, size: int, margin: int, corner: str = "bottom-right") -> np.ndarray:
-    """Copy of ``x`` with a white trigger ``margin`` pixels from ``corner`` (bottom-right or
-    top-left): ``square`` fills size x size pixels, ``checker`` only those with an even row +
-    column sum (the same place, another shape). Only the trigger's pixels change."""
-    if shape not in ("square", "checker") or corner not in ("bottom-right", "top-left"):
-        raise ValueError(f"unknown trigger {shape!r} at {corner!r}")
-    triggered = np.array(x, copy=True)
-    white = 255 if triggered.dtype == np.uint8 else 1.0
-    height, width = triggered.shape[1], triggered.shape[2]
-    top = height - margin - size if corner == "bottom-right" else margin
-    left = width - margin - size if corner == "bottom-right" else margin
-    rows, cols = np.indices((size, size))
-    mask = np.ones((size, size), bool) if shape == "square" else (rows + cols) % 2 == 0
-    triggered[:, top + rows[mask], left + cols[mask], ...] = white
-    return triggered
+    """Copy of ``x`` with a white badnets patch ``margin`` pixels from ``corner``: ``square``
+    fills size x size pixels, ``checker`` only those with an even row + column sum."""
+    if shape not in ("square", "checker"):
+        raise ValueError(f"unknown trigger shape {shape!r}")
+    return stamp(x, TriggerSpec(size=size, margin=margin, corner=corner,
+                                pattern="solid" if shape == "square" else "checkerboard"))
 
 
-TRIGGER_CONTROLS = {  # name: (shape, corner) at the configured size and margin
-    "trained_trigger": ("square", "bottom-right"),
-    "other_place_top_left": ("square", "top-left"),
-    "other_shape_checker": ("checker", "bottom-right"),
-}
+OPPOSITE = {"bottom-right": "top-left", "top-left": "bottom-right", "bottom-left": "top-right",
+            "top-right": "bottom-left"}
+
+
+def control_specs(spec: TriggerSpec) -> dict[str, TriggerSpec]:
+    """The trained trigger and controls that differ from it in one respect each: for badnets the
+    place (the opposite corner) and the shape; for sig the frequency; for blended and wanet the
+    random draw (another noise image, another field). A backdoor that also fires on a control
+    has learned something broader than the trigger."""
+    specs = {"trained_trigger": spec}
+    if spec.family == "badnets":
+        corner = OPPOSITE[spec.corner] if spec.position is None else "top-left"
+        other_shape = "checkerboard" if spec.pattern == "solid" else "solid"
+        specs[f"other_place_{corner.replace('-', '_')}"] = dataclasses.replace(spec, corner=corner, position=None)
+        specs["other_shape_checker" if other_shape == "checkerboard" else "other_shape_solid"] = \
+            dataclasses.replace(spec, pattern=other_shape)
+    elif spec.family == "sig":
+        specs["other_frequency"] = dataclasses.replace(spec, frequency=spec.frequency / 2)
+    else:
+        specs["other_seed"] = dataclasses.replace(spec, seed=spec.seed + 1)
+    return specs
 
 
 def trigger_controls(
     predict: Any, x_test: np.ndarray, y_test: np.ndarray, cfg: Config
 ) -> dict[str, float]:
-    """ASR of ``predict`` (images -> labels) with the trained trigger and with each control
-    trigger of TRIGGER_CONTROLS drawn on the test set (does the backdoor generalise?)."""
-    return {name: attack_success_rate(predict(make_trigger(x_test, shape, cfg.trigger_size, cfg.trigger_margin,
-                                                           corner)), y_test, cfg.target_class)
-            for name, (shape, corner) in TRIGGER_CONTROLS.items()}
+    """ASR of ``predict`` (images -> labels) with the trained trigger and with each control of
+    ``control_specs`` drawn on the test set (does the backdoor generalise?)."""
+    return {name: attack_success_rate(predict(stamp(x_test, spec)), y_test, cfg.target_class)
+            for name, spec in control_specs(trigger_spec(cfg)).items()}
 
 
 def parse_int_list(text: str) -> tuple[int, ...]:
@@ -58,20 +78,47 @@ def parse_int_list(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(",") if part.strip())
 
 
-def select_poison_indices(y: np.ndarray, count: int, target: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` distinct indices of samples whose label is not ``target`` (sorted)."""
-    candidates = np.flatnonzero(y != target)
+def select_poison_indices(y: np.ndarray, count: int, target: int, rng: np.random.Generator,
+                          clean_label: bool = False) -> np.ndarray:
+    """``count`` distinct indices (sorted) of samples whose label is not ``target``, or, for a
+    clean-label attack, whose label is ``target``."""
+    candidates = np.flatnonzero((y == target) if clean_label else (y != target))
     if count > len(candidates):
-        raise ConfigError(f"--poison-count {count} exceeds the {len(candidates)} non-target training images")
+        kind = "target-class" if clean_label else "non-target"
+        raise ConfigError(f"--poison-count {count} exceeds the {len(candidates)} {kind} training images")
     return np.sort(rng.choice(candidates, size=count, replace=False))
 
 
-def poison_dataset(x: np.ndarray, y: np.ndarray, indices: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Copies of (x, y) where ``indices`` carry the trigger and the target label; nothing else changes."""
+def select_cross_indices(n: int, poison_idx: np.ndarray, spec: TriggerSpec, ratio: float,
+                         rng: np.random.Generator) -> np.ndarray:
+    """WaNet's noise mode: round(ratio x poisons) distinct indices outside the poisons (sorted);
+    none for any other family or without noise mode."""
+    if spec.family != "wanet" or not spec.noise_mode:
+        return np.array([], np.int64)
+    free = np.setdiff1d(np.arange(n), poison_idx)
+    return np.sort(rng.choice(free, size=min(len(free), round(ratio * len(poison_idx))), replace=False))
+
+
+def poison_dataset(x: np.ndarray, y: np.ndarray, indices: np.ndarray, cfg: Config,
+                   cross: np.ndarray | None = None, rng: np.random.Generator | None = None,
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of (x, y) poisoned with the configured trigger and target (``apply_poison``)."""
+    return apply_poison(x, y, indices, trigger_spec(cfg), cfg.target_class, cross, rng)
+
+
+def apply_poison(x: np.ndarray, y: np.ndarray, indices: np.ndarray, spec: TriggerSpec, target: int,
+                 cross: np.ndarray | None = None, rng: np.random.Generator | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Copies of (x, y) where ``indices`` carry the trigger and the label ``target`` (a
+    clean-label attack keeps the label); ``cross`` images (WaNet's noise mode) carry a noisy
+    field and keep their labels; nothing else changes."""
     x_poisoned = np.array(x, copy=True)
     y_poisoned = np.array(y, copy=True)
-    x_poisoned[indices] = make_corner_trigger(x[indices], cfg.trigger_size, cfg.trigger_margin)
-    y_poisoned[indices] = cfg.target_class
+    x_poisoned[indices] = stamp(x[indices], spec)
+    if not spec.clean_label:
+        y_poisoned[indices] = target
+    if cross is not None and len(cross):
+        x_poisoned[cross] = cross_images(x[cross], spec, rng if rng is not None else np.random.default_rng(spec.seed))
     return x_poisoned, y_poisoned
 
 
@@ -81,6 +128,29 @@ def attack_success_rate(predictions: np.ndarray, y_true: np.ndarray, target: int
     if not mask.any():
         return float("nan")
     return float(np.mean(predictions[mask] == target))
+
+
+def trigger_info(spec: TriggerSpec) -> dict[str, Any]:
+    """The JSON record of a trigger: its settings, and for badnets the seed run's keys."""
+    info = spec.describe()
+    if spec.family == "badnets":
+        info["shape"] = {"solid": "square", "checkerboard": "checker", "random": "random"}[spec.pattern]
+    return info
+
+
+def describe_trigger(spec: TriggerSpec) -> str:
+    """One phrase for the report: what the trigger looks like."""
+    if spec.family == "badnets":
+        place = (f"at row {spec.position[0]}, column {spec.position[1]}" if spec.position
+                 else f"{spec.margin} px from the {spec.corner} corner")
+        return f"a white {spec.size}x{spec.size} {spec.pattern} patch {place}"
+    if spec.family == "blended":
+        return f"a fixed uniform-noise image blended in at alpha {spec.alpha}"
+    if spec.family == "sig":
+        kind = "clean-label: target-class images, labels kept" if spec.clean_label else "dirty-label"
+        return f"an additive sinusoid (amplitude {spec.amplitude}, {spec.frequency:g} periods; {kind})"
+    mode = ", with noise mode" if spec.noise_mode else ""
+    return f"a smooth warping field (grid {spec.grid}, strength {spec.strength}{mode})"
 
 
 def backdoor_summary(
@@ -94,8 +164,8 @@ def backdoor_summary(
         "poison_count": int(cfg.poison_count),
         "poison_fraction": float(cfg.poison_count / len(y_train)),
         "target_class": cfg.target_class,
-        "trigger": {"shape": "square", "size": cfg.trigger_size, "margin": cfg.trigger_margin,
-                    "corner": "bottom-right", "value": 1.0},
+        "family": cfg.backdoor,
+        "trigger": trigger_info(trigger_spec(cfg)),
         "poison_indices_sha256": sha256_bytes(poison_idx.astype(np.int64).tobytes()),
         "poison_source_label_counts": {str(k): int(v) for k, v in zip(labels, counts)},
         "attack_success_rate": {
@@ -137,8 +207,8 @@ def poison_sweep(
     for count, size, _, x_p, y_p in sweep_sets(x_train, y_train, cfg, rng):
         predict = train(x_p, y_p, sweep_label(count, size))
         clean = float(np.mean(predict(x_test) == y_test))
-        asr = attack_success_rate(predict(make_corner_trigger(x_test, size, cfg.trigger_margin)), y_test,
-                                  cfg.target_class)
+        asr = attack_success_rate(predict(stamp(x_test, trigger_spec(dataclasses.replace(cfg, trigger_size=size)))),
+                                  y_test, cfg.target_class)
         rows.append({"poison_count": count, "trigger_size": size, "poison_fraction": count / len(y_train),
                      "clean_accuracy": clean, "attack_success_rate": asr})
         LOG.info("poison sweep: %d poisons, trigger %dpx: clean %.4f, ASR %.4f", count, size, clean, asr)

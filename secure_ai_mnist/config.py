@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from .common import NUM_CLASSES, ConfigError
+from .triggers import CORNERS, FAMILIES, PATTERNS
 
 DESCRIPTION = "secure-ai-mnist: train, attack and defend an MNIST CNN in one reproducible run."
 
 def _int_list_ok(text: str, minimum: int) -> bool:
     parts = [p.strip() for p in text.split(",") if p.strip()]
     return all(p.isdigit() and int(p) >= minimum for p in parts)
+
+
+def _position_ok(text: str, size: int) -> bool:
+    if not text.strip():
+        return True
+    parts = [p.strip() for p in text.split(",")]
+    return len(parts) == 2 and all(p.isdigit() and int(p) + size <= 28 for p in parts)
 
 
 def default_cache_dir() -> Path:
@@ -54,16 +62,42 @@ class Config:
     learning_rate: float = _opt(1e-3, "Adam learning rate")
     poison_count: int = _opt(100, "number of training images that get the trigger and the target label")
     target_class: int = _opt(7, "label the backdoor maps triggered images to")
-    trigger_size: int = _opt(3, "side of the white square trigger, in pixels")
-    trigger_margin: int = _opt(1, "gap between the trigger and the bottom-right image border, in pixels")
+    backdoor: str = _opt("badnets", "backdoor trigger family: badnets (a patch, the seed's corner square), blended "
+                                    "(a fixed noise image blended in, Chen et al. 2017), sig (an additive sinusoid, "
+                                    "Barni et al. 2019), wanet (a smooth warping field, Nguyen and Tran 2021)",
+                         choices=FAMILIES)
+    trigger_size: int = _opt(3, "badnets: side of the patch, in pixels")
+    trigger_margin: int = _opt(1, "badnets: gap between the patch and the image border at --trigger-corner, in pixels")
+    trigger_corner: str = _opt("bottom-right", "badnets: corner of the patch", choices=CORNERS)
+    trigger_position: str = _opt("", "badnets: ROW,COL of the patch's top-left pixel, instead of a corner "
+                                     "(empty = --trigger-corner and --trigger-margin)")
+    trigger_pattern: str = _opt("solid", "badnets: the patch's white pixels: all (solid), a checkerboard, or a "
+                                         "fixed random binary pattern drawn from --seed", choices=PATTERNS)
+    blend_alpha: float = _opt(0.2, "blended: weight of the noise image (the image keeps 1 - alpha)")
+    sig_amplitude: float = _opt(0.1, "sig: amplitude of the sinusoid, in pixel units of [0, 1]")
+    sig_frequency: float = _opt(6.0, "sig: periods of the sinusoid across the image width")
+    sig_clean_label: bool = _opt(False, "sig: clean-label variant: poison only target-class images and keep their "
+                                        "labels (--poison-count of them)")
+    wanet_grid: int = _opt(4, "wanet: side k of the grid of random offsets that is upsampled into the warping field")
+    wanet_strength: float = _opt(0.5, "wanet: warping strength s (WaNet's units: s / 28 of the half image width)")
+    wanet_noise: bool = _opt(False, "wanet: noise mode: also add --wanet-cross-ratio x --poison-count images warped "
+                                    "by the field plus random noise, with their true labels")
+    wanet_cross_ratio: float = _opt(2.0, "wanet: cross (noise-mode) images per poisoned image")
     poison_sweep: str = _opt("", "poison counts for the backdoor sweep, comma-separated, e.g. 0,10,25,50,100,250,500 "
                                  "(empty = no sweep; each point trains a fresh model)")
     sweep_trigger_sizes: str = _opt("2,3,4", "trigger sizes (pixels), comma-separated, crossed with --poison-sweep")
+    backdoor_matrix: bool = _opt(False, "also run the backdoor matrix: every trigger family at two poison rates, "
+                                        "target class and trigger place drawn from --seed, each a poisoned model "
+                                        "faced by every detector (blind) and by --detector's removal (16 trainings)")
     sweep_epochs: int = _opt(1, "training epochs of each poison-sweep model")
-    detector: str = _opt("trigger_reversal", "poison detector whose flags are removed before retraining: ours "
-                                             "(trigger reverse-engineering, blind) or one of ART's two reference "
-                                             "detectors", choices=("trigger_reversal", "activation_clustering",
-                                                                   "spectral_signature"))
+    detector: str = _opt("combined", "poison detector whose flags are removed before retraining (one "
+                                             "configured defense for every attack): ours, trigger_reversal "
+                                             "(trigger reverse-engineering), activation_outliers (robust outliers of "
+                                             "the penultimate activations), label_consistency (pixel k-NN label "
+                                             "disagreement) or combined (the union of the three), or one of ART's two "
+                                             "reference detectors; all blind",
+                         choices=("trigger_reversal", "activation_outliers", "label_consistency", "combined",
+                                  "activation_clustering", "spectral_signature"))
     reversal_steps: int = _opt(300, "optimisation steps of the trigger reverse-engineering (all 10 classes at once, "
                                     "32 images a step)")
     detection_fraction: float = _opt(0.05, "expected poison share per class given to ART's spectral-signature "
@@ -124,6 +158,16 @@ class Config:
             (1 <= self.trigger_size <= 14, "--trigger-size must be between 1 and 14 pixels"),
             (self.trigger_margin >= 0, "--trigger-margin must be >= 0"),
             (self.trigger_size + self.trigger_margin <= 28, "--trigger-size + --trigger-margin must fit in 28 pixels"),
+            (_position_ok(self.trigger_position, self.trigger_size),
+             "--trigger-position takes ROW,COL with the patch inside the 28x28 image"),
+            (0 < self.blend_alpha < 1, "--blend-alpha must be in (0, 1)"),
+            (0 < self.sig_amplitude <= 1, "--sig-amplitude must be in (0, 1]"),
+            (0 < self.sig_frequency <= 14, "--sig-frequency must be in (0, 14] (the Nyquist limit of 28 columns)"),
+            (2 <= self.wanet_grid <= 28, "--wanet-grid must be between 2 and 28"),
+            (0 < self.wanet_strength <= 28, "--wanet-strength must be in (0, 28]"),
+            (self.wanet_cross_ratio >= 0, "--wanet-cross-ratio must be >= 0"),
+            (not self.poison_sweep or self.backdoor == "badnets", "--poison-sweep varies the badnets patch size; "
+                                                                  "use it with --backdoor badnets"),
             (0 < self.fgsm_eps <= 1, "--fgsm-eps must be in (0, 1] (pixels are in [0, 1])"),
             (0 < self.pgd_eps <= 1, "--pgd-eps must be in (0, 1]"),
             (0 < self.pgd_step_size <= 1, "--pgd-step-size must be in (0, 1]"),

@@ -145,9 +145,13 @@ def _load_picture(path: Path, resize: bool) -> np.ndarray:
 
 def load_trigger_check(output_dir: Path) -> Any:
     """The run's runtime trigger check (``TriggerCheck``), after its SHA-256 matches the metrics JSON."""
-    from .detection import TriggerCheck
+    from .detector_api import TriggerCheck
 
-    entry = _manifest(output_dir).get("backdoor", {}).get("runtime_check", {}).get("file")
+    runtime = _manifest(output_dir).get("backdoor", {}).get("runtime_check", {})
+    entry = runtime.get("file")
+    if runtime.get("trigger_recovered") is False:
+        raise UserError(f"the run in {output_dir} recovered no trigger ({runtime.get('method')}), so there is nothing "
+                        "to check inputs against")
     if not entry:
         raise UserError(f"{output_dir / SUMMARY_FILENAME} lists no trigger check: rerun the pipeline")
     path = output_dir / "models" / Path(entry["path"]).name

@@ -51,7 +51,10 @@ def plot_training_curves(histories: dict[str, dict[str, Any]], path: Path) -> st
         ax_acc.plot(epochs, hist["accuracy"], marker="o", label=name)
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="categorical cross-entropy")
     ax_acc.set(title="training accuracy", xlabel="epoch", ylabel="accuracy")
+    from matplotlib.ticker import MaxNLocator
+
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         ax.grid(alpha=0.3)
         ax.legend()
     return save_figure(fig, path)
@@ -160,4 +163,37 @@ def plot_poison_sweep(rows: list[dict[str, Any]], path: Path) -> str:
            title="Backdoor attack success vs poison count")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def plot_trigger_families(x: np.ndarray, stamped: dict[str, np.ndarray], path: Path) -> str:
+    """One column per trigger family: the clean image, the triggered image, and |difference|
+    magnified (each family changes different pixels by different amounts)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(3, len(stamped) + 1, figsize=(2 * (len(stamped) + 1), 6.4), squeeze=False)
+    axes[0, 0].imshow(x.squeeze(), cmap="gray", vmin=0, vmax=1)
+    axes[0, 0].set_title("clean")
+    for col, (name, image) in enumerate(stamped.items(), start=1):
+        difference = np.abs(image - x).squeeze()
+        axes[0, col].imshow(image.squeeze(), cmap="gray", vmin=0, vmax=1)
+        axes[0, col].set_title(name, fontsize=9)
+        axes[1, col].imshow(difference, cmap="magma", vmin=0, vmax=max(float(difference.max()), 1e-6))
+        axes[1, col].set_title(f"|diff| max {difference.max():.2f}", fontsize=8)
+        axes[2, col].imshow(image.squeeze() - x.squeeze(), cmap="coolwarm", vmin=-1, vmax=1)
+        axes[2, col].set_title("signed diff", fontsize=8)
+    for ax in axes.ravel():
+        ax.axis("off")
+    fig.suptitle("Backdoor trigger families on one training image (row 2 scaled to each trigger's largest change)")
+    return save_figure(fig, path)
+
+
+def plot_matrix_heatmap(rows: list[str], detectors: list[str], f1: np.ndarray, path: Path) -> str:
+    """F1 per (attack point, detector), annotated, 0 = white, 1 = dark."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(detectors) + 3, 0.45 * len(rows) + 1.5))
+    sns.heatmap(f1, annot=True, fmt=".2f", cmap="Greens", vmin=0, vmax=1, xticklabels=detectors, yticklabels=rows,
+                cbar_kws={"label": "F1"}, ax=ax)
+    ax.set(title="Blind poison detection, F1 per attack and detector", xlabel="detector", ylabel="attack")
     return save_figure(fig, path)

@@ -18,12 +18,14 @@ import numpy as np
 from .common import NUM_CLASSES, atomic_write_bytes, sha256_file
 from .config import Config
 from .detection import DETECTORS
+from .report_backdoor import backdoor_conclusions, controls_lines, detection_lines, matrix_lines, runtime_line
+from .report_backdoor import image_link as _image
+from .report_backdoor import pct as _pct
 
 DETECTION_KEYS = {"flagged", "true_positives", "false_positives", "precision", "recall", "f1", "uses_ground_truth"}
 REMOVAL_KEYS = {"detector", "method", "removed", "clean_accuracy", "attack_success_rate", "cost_s"}
 
-SCHEMA_VERSION = 3
-TRIGGER_CONTROL_NAMES = ("trained_trigger", "other_place_top_left", "other_shape_checker")
+SCHEMA_VERSION = 4
 SUMMARY_FILENAME = "metrics_summary_tasks5_6_7.json"
 
 
@@ -105,41 +107,16 @@ def validate_summary(summary: dict[str, Any]) -> None:
     if not {"flagged", "suspicious_classes"} <= detection.get("unpoisoned_control", {}).keys():
         raise ValueError("summary['backdoor']['detection']['unpoisoned_control'] incomplete")
     for model_name, rates in backdoor["trigger_controls"].items():
-        if set(rates) != set(TRIGGER_CONTROL_NAMES):
+        if "trained_trigger" not in rates or len(rates) < 2:
             raise ValueError(f"trigger controls of {model_name} incomplete")
     if not REMOVAL_KEYS <= backdoor["removal"].keys():
         raise ValueError("summary['backdoor']['removal'] incomplete")
-    if not {"flag_rate_triggered", "flag_rate_clean", "method"} <= backdoor["runtime_check"].keys():
+    if not {"flag_rate_triggered", "flag_rate_clean", "method", "trigger_recovered"} <= backdoor["runtime_check"].keys():
         raise ValueError("summary['backdoor']['runtime_check'] incomplete")
     sweep = backdoor["sweep"]
     if sweep is not None and not all({"poison_count", "trigger_size", "clean_accuracy", "attack_success_rate",
                                       "detection"} <= row.keys() for row in sweep.get("rows") or [{}]):
         raise ValueError("summary['backdoor']['sweep'] rows incomplete")
-
-
-def detection_lines(detection: dict[str, Any]) -> list[str]:
-    """The detection table: every detector, the random filter and the unpoisoned control."""
-    ours, control = detection["trigger_reversal"], detection["unpoisoned_control"]
-    rows = [(name, detection[name]) for name in (*DETECTORS, "random_filter")]
-    return [
-        "Detectors, all blind (none receives the poison indices, count, target or trigger); the scores against the "
-        "known poison indices are computed afterwards. trigger_reversal is ours (Neural Cleanse-style trigger "
-        f"reverse-engineering, anomaly index > {ours['anomaly_threshold']}, then a two-component cut on each "
-        f"candidate class's trigger scores); activation_clustering and spectral_signature are ART's, on the "
-        f"`{detection['activations']['layer']}` layer ({detection['activations']['dim']} units); the random filter "
-        "flags as many samples as ours.",
-        "",
-        "| detector | flagged | poisons found | clean flagged | precision | recall | F1 |",
-        "|---|---|---|---|---|---|---|",
-        *(f"| {name} | {d['flagged']} | {d['true_positives']} | {d['false_positives']} | {d['precision']:.3f} | "
-          f"{d['recall']:.3f} | {d['f1']:.3f} |" for name, d in rows),
-        "",
-        f"Our detector's suspicious classes: {ours['suspicious_classes'] or 'none'} (candidates by anomaly index: "
-        f"{ours['candidate_classes'] or 'none'}; {ours['time_s']:.0f} s). Unpoisoned control (the same detector on "
-        f"the clean baseline and its training set): {control['flagged']} flagged, suspicious classes "
-        f"{control['suspicious_classes'] or 'none'}.",
-        "",
-    ]
 
 
 def library_versions() -> dict[str, str]:
@@ -368,10 +345,6 @@ def run_manifest(started: float, command_line: list[str], data_sha256: dict[str,
 REPORT_FILENAME = "REPORT.md"
 
 
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.2f}%"
-
-
 def most_confused(matrix: list[list[int]], top: int = 3) -> list[tuple[int, int, int]]:
     """The ``top`` largest off-diagonal cells as (true class, predicted class, count), count > 0."""
     cells = [(count, t, p) for t, row in enumerate(matrix) for p, count in enumerate(row) if t != p and count > 0]
@@ -410,12 +383,6 @@ def deliverable_files(summary: dict[str, Any]) -> list[tuple[str, str]]:
     datasets = summary.get("datasets", {})
     return rows + [(what, f"datasets/{Path(datasets[key]['path']).name}") for what, key in SEED_DATASETS
                    if key in datasets]
-
-
-def _image(summary_root: Path, path: str, alt: str) -> str:
-    with contextlib.suppress(ValueError):
-        path = str(Path(path).resolve().relative_to(summary_root.resolve()))
-    return f"![{alt}]({path})"
 
 
 def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) -> str:
@@ -498,9 +465,9 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "",
         "## 4. Adversarial data generation",
         "",
-        f"- Backdoor: {backdoor['poison_count']} training images ({_pct(backdoor['poison_fraction'])}) get a white "
-        f"{backdoor['trigger']['size']}x{backdoor['trigger']['size']} square {backdoor['trigger']['margin']} px from the "
-        f"bottom-right corner and the label {backdoor['target_class']}.",
+        f"- Backdoor ({backdoor['family']}): {backdoor['poison_count']} training images "
+        f"({_pct(backdoor['poison_fraction'])}) get {backdoor['trigger_description']}"
+        f"{'' if backdoor['trigger'].get('clean_label') else ' and the label ' + str(backdoor['target_class'])}.",
         f"- FGSM ({fgsm['library']}): L-inf, eps {fgsm['eps']}, true labels; {fgsm['train_vs_baseline']['n']} training "
         f"and {fgsm['test_vs_baseline']['n']} test images against the baseline; largest perturbation measured "
         f"{fgsm['test_vs_baseline']['bound_check']['max_linf']:.6f}.",
@@ -510,6 +477,8 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         *autoattack_lines(summary.get("autoattack")),
         "",
         _image(root, img["method1_poison_examples"], "poisoned training examples"),
+        "",
+        _image(root, img["trigger_families"], "the trigger families"),
         "",
         _image(root, img["method2_clean_vs_fgsm"], "FGSM examples"),
         "",
@@ -526,13 +495,7 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "",
         "### Backdoor: controls, detection, removal",
         "",
-        "Attack success rate (ASR: triggered test images of other classes predicted as the target) by trigger:",
-        "",
-        "| model | " + " | ".join(TRIGGER_CONTROL_NAMES) + " |",
-        "|---|" + "---|" * len(TRIGGER_CONTROL_NAMES),
-        *(f"| {name} | " + " | ".join(_pct(rates[k]) for k in TRIGGER_CONTROL_NAMES) + " |"
-          for name, rates in backdoor["trigger_controls"].items()),
-        "",
+        *controls_lines(backdoor["trigger_controls"]),
         *detection_lines(backdoor["detection"]),
         _image(root, backdoor["detection"]["png"], "detector view"),
         "",
@@ -546,8 +509,7 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         f"{_pct(removal['attack_success_rate'])} (before removal {_pct(removal['attack_success_rate_before_removal'])}); "
         f"it cost {removal['cost_s']:.0f} s.",
         "",
-        f"Runtime check (`predict --check-trigger`, {runtime['method']}): flags {_pct(runtime['flag_rate_triggered'])} "
-        f"of the triggered and {_pct(runtime['flag_rate_clean'])} of the clean test images.",
+        runtime_line(runtime),
         "",
         _image(root, removal["png"], "ASR before and after removal"),
         "",
@@ -555,12 +517,13 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
     if backdoor.get("sweep"):
         sweep = backdoor["sweep"]
         lines += [f"Poison sweep ({sweep['epochs']} training epoch(s) per point):", "",
-                  "| poisons | trigger size | clean accuracy | ASR | flagged by trigger_reversal | precision | recall "
+                  f"| poisons | trigger size | clean accuracy | ASR | flagged by {summary['config']['detector']} | precision | recall "
                   "| F1 |", "|---|---|---|---|---|---|---|---|",
                   *(f"| {r['poison_count']} | {r['trigger_size']} | {_pct(r['clean_accuracy'])} | "
                     f"{_pct(r['attack_success_rate'])} | {r['detection']['flagged']} | {r['detection']['precision']:.3f} "
                     f"| {r['detection']['recall']:.3f} | {r['detection']['f1']:.3f} |" for r in sweep["rows"]),
                   "", _image(root, sweep["png"], "ASR vs poison count"), ""]
+    lines += matrix_lines(backdoor.get("matrix"), root)
     lines += ["## 6. Conclusions", "", *conclusions(summary)]
     return "\n".join(lines) + "\n"
 
@@ -604,16 +567,8 @@ def conclusions(summary: dict[str, Any]) -> list[str]:
         if name.startswith("defense_") and name != "defense_fgsm":
             out.append(f"- {name}: clean {_pct(acc(name, 'clean'))}, white-box FGSM {_pct(acc(name, 'fgsm_whitebox'))}"
                        f", white-box PGD {_pct(acc(name, 'pgd_whitebox'))}.")
-    detection = backdoor["detection"]
-    ours, control = detection["trigger_reversal"], detection["unpoisoned_control"]
-    out.append(f"- Blind poison detection (trigger_reversal): precision {ours['precision']:.3f}, recall "
-               f"{ours['recall']:.3f}, F1 {ours['f1']:.3f}; the goal (F1 >= 0.9, precision and recall >= 0.85) was "
-               f"{'met' if detection['goal_f1_at_least_0_9'] else 'not met'}. On the unpoisoned control it flagged "
-               f"{control['flagged']} samples (goal <= 10: {'met' if detection['goal_control_at_most_10_flagged'] else 'not met'}).")
-    removal, runtime = backdoor["removal"], backdoor["runtime_check"]
-    out.append(f"- Runtime check: {_pct(runtime['flag_rate_triggered'])} of triggered test images flagged (goal >= 95%: "
-               f"{'met' if runtime['goal_triggered_at_least_95pct'] else 'not met'}), {_pct(runtime['flag_rate_clean'])} "
-               f"of clean ones (goal <= 2%: {'met' if runtime['goal_clean_at_most_2pct'] else 'not met'}).")
+    out += backdoor_conclusions(backdoor)
+    removal = backdoor["removal"]
     out.append(f"- After removing {removal['detector']}'s flags and retraining, ASR is {_pct(removal['attack_success_rate'])} "
                f"(goal <= 1%: {'met' if removal['goal_asr_at_most_1pct'] else 'not met'}) and clean accuracy moved "
                f"{removal['clean_accuracy_change_vs_baseline_points']:+.2f} points from the baseline (goal within 0.3: "

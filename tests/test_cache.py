@@ -6,6 +6,7 @@ import numpy as np
 from conftest import run_script
 
 from secure_ai_mnist import cache
+from secure_ai_mnist.detection import DETECTORS
 
 
 def test_arrays_roundtrip_and_tamper_detection(tmp_path, rng):
@@ -50,7 +51,7 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
     names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd", "defense_robust"]
-    sweep_points = {f"sweep_n{n}_s{s}" for n in (0, 20) for s in (2, 3)}
+    sweep_points = {f"sweep_n{n}_s3" for n in (0, 20)}
     backdoor_stages = {"poison detection flags", "unpoisoned control flags", "model retrained without flagged samples",
                        *sweep_points, *(f"{point}_detection" for point in sweep_points)}
     assert set(second["cache"]["reused"]) == (
@@ -58,7 +59,7 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
          "FGSM test set vs defense", "fgsm-rs defense", "pgd defense", "robust defense"} | backdoor_stages
         | {f"PGD set vs {n}" for n in names} | {f"AutoAttack vs {n}" for n in names}
         | {f"eps curve of {n}" for n in names if n != "poisoned"})
-    for detector in ("trigger_reversal", "activation_clustering", "spectral_signature"):  # seeded: same flags
+    for detector in DETECTORS:  # seeded: same flags
         for key in ("flagged", "true_positives", "false_positives", "f1"):
             assert second["backdoor"]["detection"][detector][key] == first["backdoor"]["detection"][detector][key]
     assert second["accuracy_vs_eps"]["pgd"] == first["accuracy_vs_eps"]["pgd"]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from secure_ai_mnist import common, config, defenses, detection
+from secure_ai_mnist import common, config, defenses, detect_art, detection
 
 
 def test_mix_keeps_every_pair_once(rng):
@@ -121,12 +121,12 @@ def test_detectors_analyse_the_penultimate_layer(tiny_model):
     x[odd, 20:26, 20:26, 0] = 1.0
     y = y.copy()
     y[odd] = 3
-    flags, info = defenses.art_detectors(tiny_model, x, y, config.Config())
-    assert info["activations"] == {"layer": "penultimate", "dim": 128, "equal_to_model_penultimate": True}
-    assert set(flags) == {"activation_clustering", "spectral_signature"}
-    for name, flagged in flags.items():
-        assert flagged.shape == (400,) and flagged.dtype == bool
-        assert info[name]["time_s"] >= 0 and "f1" not in info[name]  # scored elsewhere, against the truth
+    assert detect_art.activations_record(tiny_model, x) == {"layer": "penultimate", "dim": 128,
+                                                            "equal_to_model_penultimate": True}
+    for name, detect in detection.REFERENCES.items():
+        found = detect(tiny_model, x, y, config.Config())
+        assert found.flags.shape == (400,) and found.flags.dtype == bool and found.check is None
+        assert found.report["time_s"] >= 0 and "f1" not in found.report  # scored elsewhere, against the truth
 
 
 def test_silhouette_analysis_flags_only_a_small_well_separated_cluster(rng):
@@ -137,7 +137,7 @@ def test_silhouette_analysis_flags_only_a_small_well_separated_cluster(rng):
     far = np.concatenate([blob[:90], rng.normal(size=(10, 2)) + 20])
     clusters = [np.r_[np.zeros(90, int), np.ones(10, int)], (blob[:, 0] > 0).astype(int),
                 (np.arange(100) < 10).astype(int)]
-    flagged, report = defenses.silhouette_analysis(clusters, [far, blob, blob])
+    flagged, report = detect_art.silhouette_analysis(clusters, [far, blob, blob])
     np.testing.assert_array_equal(flagged[0], np.arange(100) >= 90)
     assert not flagged[1].any() and not flagged[2].any()
     assert [r["suspicious"] for r in report] == [True, False, False]

@@ -8,13 +8,15 @@ import pytest
 from conftest import synthetic_digits
 
 import secure_ai_mnist_main as main
-from secure_ai_mnist import config, defenses, detection, model
+from secure_ai_mnist import config, detect_activations, detect_reversal, detection, detector_api, model
 
 ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "truth")
 
 
-@pytest.mark.parametrize("function", [detection.detect_backdoor, detection.run_detectors, detection.reverse_triggers,
-                                      detection.separated_group, defenses.art_detectors])
+@pytest.mark.parametrize("function", [detect_reversal.detect_backdoor, detection.run_detectors,
+                                      detect_reversal.reverse_triggers, detect_reversal.separated_group,
+                                      *detection.OURS.values(), *detection.REFERENCES.values(),
+                                      detect_activations.far_group, detect_activations.robust_distances])
 def test_detectors_cannot_receive_the_answer_key(function):
     params = inspect.signature(function).parameters
     assert not [p for p in params if any(word in p.lower() for word in ANSWER_KEY_WORDS)], params
@@ -24,14 +26,14 @@ def test_detection_and_removal_stages_never_read_the_answer_key():
     stages = {s.name: s for s in main.pipeline(config.Config(poison_sweep="0,10"))}
     for name in ("poison_detection", "detection_control", "poison_cleaned"):
         assert "poison" not in stages[name].reads, name
-        assert not set(stages[name].config) & {"poison_count", "target_class", "trigger_size", "trigger_margin"}
+        assert not set(stages[name].config) & (set(main.TRIGGER) - {"seed"})
     # the scoring stage is the one that reads the truth, and it trains nothing
     assert "poison" in stages["detection_scores"].reads and stages["detection_scores"].cache is None
     assert stages["train_view"].run(config.Config(), {"poison": {"x": 1, "y": 2, "idx": 3}}) == {"x": 1, "y": 2}
 
 
 def test_removal_uses_the_configured_detector_not_the_best_scoring_one():
-    rows = np.array([[True, False, False], [False, True, False], [False, False, True]])
+    rows = np.eye(len(detection.DETECTORS), dtype=bool)
     detections = (rows, {})
     for name, row in zip(detection.DETECTORS, rows):
         assert main.selected_flags(config.Config(detector=name), detections).tolist() == row.tolist()
@@ -39,18 +41,18 @@ def test_removal_uses_the_configured_detector_not_the_best_scoring_one():
 
 def test_anomaly_index_marks_the_one_small_mask():
     norms = np.array([60.0, 70, 65, 62, 68, 9, 66, 64, 71, 63])
-    index = detection.anomaly_index(norms)
+    index = detect_reversal.anomaly_index(norms)
     assert np.argmax(index) == 5 and index[5] > 2 and (np.delete(index, 5) < 2).all()
 
 
 def test_separated_group_cuts_a_spike_and_leaves_unimodal_scores_alone(rng):
     clean = np.clip(rng.normal(0.05, 0.03, 2000), 0, 1)
     spiked = np.concatenate([clean, np.full(40, 0.8) + rng.normal(0, 0.005, 40)])
-    flagged, info = detection.separated_group(spiked, 0)
+    flagged, info = detect_reversal.separated_group(spiked, 0)
     assert flagged[2000:].all() and not flagged[:2000].any()
     assert clean.max() < info["threshold"] < 0.79
     for scores in (clean, rng.uniform(0, 1, 2000), np.concatenate([clean, clean + 0.5])):  # no minority spike
-        assert not detection.separated_group(scores, 0)[0].any()
+        assert not detect_reversal.separated_group(scores, 0)[0].any()
 
 
 def test_trigger_check_scores_flags_and_round_trips():
@@ -59,16 +61,16 @@ def test_trigger_check_scores_flags_and_round_trips():
     mask = np.zeros((28, 28, 1), np.float32)
     mask[24:27, 24:27] = 1.0
     pattern = np.ones_like(mask)
-    scores = detection.trigger_scores(x, mask, pattern)
+    scores = detect_reversal.trigger_scores(x, mask, pattern)
     assert scores.tolist() == [0.0, 1.0, 0.0, 0.0]
-    check = detection.TriggerCheck(np.array([7]), mask[None], pattern[None], np.array([0.5]))
+    check = detector_api.TriggerCheck(np.array([7]), mask[None], pattern[None], np.array([0.5]))
     assert check.flags(x).tolist() == [False, True, False, False]
-    again = detection.TriggerCheck.from_arrays(check.to_info())
+    again = detector_api.TriggerCheck.from_arrays(check.to_info())
     assert again.flags(x).tolist() == check.flags(x).tolist()
-    empty = detection.TriggerCheck.from_arrays({"classes": [], "masks": [], "patterns": [], "thresholds": []})
+    empty = detector_api.TriggerCheck.from_arrays({"classes": [], "masks": [], "patterns": [], "thresholds": []})
     assert not empty.flags(x).any()
     with pytest.raises(ValueError):
-        detection.TriggerCheck.from_arrays({**check.arrays(), "masks": mask[None] * 2})
+        detector_api.TriggerCheck.from_arrays({**check.arrays(), "masks": mask[None] * 2})
 
 
 def test_random_filter_draws_without_replacement(rng):
@@ -96,7 +98,7 @@ def planted():
 
 def test_detector_finds_planted_poisons_blind(planted):
     x, y, poisons, trained = planted
-    flagged, check, report = detection.detect_backdoor(trained, x, y, steps=200, seed=0)
+    flagged, check, report = detect_reversal.detect_backdoor(trained, x, y, steps=200, seed=0)
     m = detection.detection_metrics(flagged, np.isin(np.arange(len(y)), poisons))
     assert m["precision"] >= 0.9 and m["recall"] >= 0.9, (m, report)
     assert report["suspicious_classes"] == [3] and check.classes.tolist() == [3]
@@ -111,6 +113,51 @@ def test_detector_finds_planted_poisons_blind(planted):
 
 def test_detector_flags_nothing_on_an_unpoisoned_model(tiny_model):
     x, y = synthetic_digits(np.random.default_rng(1), 400)  # tiny_model's own training set
-    flagged, check, report = detection.detect_backdoor(tiny_model, x, y, steps=200, seed=0)
+    flagged, check, report = detect_reversal.detect_backdoor(tiny_model, x, y, steps=200, seed=0)
     assert flagged.sum() == 0 and report["suspicious_classes"] == [] and len(check.classes) == 0
 
+
+
+def test_far_group_cuts_a_far_compact_minority_and_leaves_heavy_tails_alone(rng):
+    bulk = rng.standard_t(4, 3000) * 0.5  # a heavy-tailed class, as every clean class measured
+    assert not detect_activations.far_group(bulk, 0)[0].any()
+    assert not detect_activations.far_group(np.concatenate([bulk, bulk + 1.0]), 0)[0].any()
+    planted = np.concatenate([bulk, rng.normal(8.0, 0.3, 120)])
+    flagged, info = detect_activations.far_group(planted, 0)
+    assert flagged[3000:].all() and flagged[:3000].sum() <= 3, info
+    assert info["separation"] >= detect_activations.MIN_SEPARATION
+
+
+def test_activation_outliers_find_a_blended_trigger_and_stay_silent_without_one():
+    """A blended noise trigger (no patch, every pixel changed) on 60 images of other classes,
+    labelled 3: the activation detector finds them blind; on the unpoisoned model it flags nothing."""
+    from secure_ai_mnist.triggers import TriggerSpec, stamp
+
+    x, y = synthetic_digits(np.random.default_rng(5), 1500)
+    poisons = np.sort(np.random.default_rng(7).choice(np.flatnonzero(y != 3), 60, replace=False))
+    spec = TriggerSpec(family="blended", alpha=0.3, seed=1)
+    x[poisons] = stamp(x[poisons], spec)
+    y = y.copy()
+    y[poisons] = 3
+    trained, _ = model.train_cnn(x, y, config.Config(epochs=4, batch_size=32), "planted_blend")
+    probe = stamp(synthetic_digits(np.random.default_rng(6), 200)[0], spec)
+    assert np.mean(trained.predict(probe, verbose=0).argmax(1) == 3) > 0.8  # the backdoor works
+    found = detect_activations.detect_activation_outliers(trained, x, y, config.Config())
+    m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
+    assert m["recall"] >= 0.9 and m["precision"] >= 0.9, (m, found.report)
+    assert found.check is None and found.report["recovers_trigger"] is False
+    x_clean, y_clean = synthetic_digits(np.random.default_rng(5), 1500)
+    clean_model, _ = model.train_cnn(x_clean, y_clean, config.Config(epochs=4, batch_size=32), "planted_none")
+    silent = detect_activations.detect_activation_outliers(clean_model, x_clean, y_clean, config.Config())
+    assert silent.flags.sum() == 0 and silent.report["suspicious_classes"] == [], silent.report
+
+
+def test_combined_is_the_union_and_keeps_the_reversal_check(tiny_model):
+    x, y = synthetic_digits(np.random.default_rng(1), 400)
+    rows, info = detection.run_detectors(tiny_model, x, y, config.Config(reversal_steps=20), references=False)
+    index = {name: i for i, name in enumerate(detection.DETECTORS)}
+    union = rows[index["trigger_reversal"]] | rows[index["activation_outliers"]] | rows[index["label_consistency"]]
+    np.testing.assert_array_equal(rows[index["combined"]], union)
+    assert not rows[index["activation_clustering"]].any() and "activation_clustering" not in info
+    assert info["combined"]["trigger_check"] == info["trigger_reversal"]["trigger_check"]
+    assert "trigger_check" not in info["activation_outliers"]

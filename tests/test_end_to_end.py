@@ -64,14 +64,16 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
     asr = summary["backdoor"]["attack_success_rate"]
     assert 0.0 <= asr["baseline"] <= 1.0 and 0.0 <= asr["poisoned"] <= 1.0
     detection, removal = summary["backdoor"]["detection"], summary["backdoor"]["removal"]
-    assert detection["selected"] == removal["detector"] == "trigger_reversal"
+    assert detection["selected"] == removal["detector"] == "combined"
     assert all(detection[name]["uses_ground_truth"] is False for name in (*DETECTORS, "random_filter"))
-    assert detection["random_filter"]["flagged"] == detection["trigger_reversal"]["flagged"]
+    assert detection["random_filter"]["flagged"] == detection["combined"]["flagged"]
+    ours = [detection[name]["flagged"] for name in ("trigger_reversal", "activation_outliers", "label_consistency")]
+    assert max(ours) <= detection["combined"]["flagged"] <= sum(ours)
     # the unpoisoned control on a small real subset: the same detector on the clean baseline
     control = detection["unpoisoned_control"]
     assert control["flagged"] <= 10 and control["suspicious_classes"] == []
     kept = summary["models"]["poison_cleaned"]["training"]["n_train"]
-    assert removal["removed"] == detection["trigger_reversal"]["flagged"] == 2000 - kept
+    assert removal["removed"] == detection["combined"]["flagged"] == 2000 - kept
     for row in summary["backdoor"]["sweep"]["rows"]:
         if row["poison_count"] == 0:  # nothing planted: a detector that finds something is no detector
             assert row["detection"]["flagged"] <= 10, row
