@@ -257,17 +257,18 @@ def runtime_check(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
     triggered test set; written to models/trigger_check.npz for ``predict --check-trigger``. A
     detector that recovers no trigger gets no check, and the record says so."""
     d, check = inputs["data"], runtime_trigger_check(inputs["poison_detection"][1], cfg.detector)
-    if check is None:
-        LOG.info("runtime trigger check: %s recovers no trigger, so there is no input filter", cfg.detector)
+    if check is None or not len(check.classes):
+        why = "recovers no trigger" if check is None else "recovered no trigger on this training set"
+        LOG.info("runtime trigger check: %s %s, so there is no input filter", cfg.detector, why)
         return {"trigger_recovered": False, "flag_rate_triggered": None, "flag_rate_clean": None, "file": None,
-                "method": f"none: {cfg.detector} recovers no trigger", "suspicious_classes": [],
+                "method": f"none: {cfg.detector} {why}", "suspicious_classes": [],
                 "n_test_images": int(len(d["y_test"]))}
     file = save_npz(inputs.dirs["models"] / "trigger_check.npz", **check.arrays())
     rates = {"flag_rate_triggered": float(check.flags(inputs["poison"]["x_test_triggered"]).mean()),
              "flag_rate_clean": float(check.flags(d["x_test"]).mean())}
     LOG.info("runtime trigger check: %.2f%% of triggered and %.2f%% of clean test images flagged",
              100 * rates["flag_rate_triggered"], 100 * rates["flag_rate_clean"])
-    return {**rates, "trigger_recovered": bool(len(check.classes)),
+    return {**rates, "trigger_recovered": True,
             "method": f"score against {cfg.detector}'s recovered masks and patterns above its cut",
             "suspicious_classes": check.classes.tolist(), "n_test_images": int(len(d["y_test"])), "file": file}
 

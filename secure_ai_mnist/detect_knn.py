@@ -52,11 +52,15 @@ def disagreement(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
     return (y[neighbours[:, 1:]] == y[:, None]).mean(axis=1) < 0.5
 
 
+MIN_SPREAD = 0.01  # one point of disagreement: classes that all but agree differ by noise, not by poison
+
+
 def high_outliers(values: np.ndarray) -> np.ndarray:
-    """(value - median) / (1.4826 MAD) per entry: large for an unusually high value."""
+    """(value - median) / (1.4826 MAD) per entry, the spread at least MIN_SPREAD: large for an
+    unusually high value."""
     median = float(np.median(values))
     mad = 1.4826 * float(np.median(np.abs(values - median)))
-    return (values - median) / max(mad, 1e-12)
+    return (values - median) / max(mad, MIN_SPREAD)
 
 
 def detect_label_consistency(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:

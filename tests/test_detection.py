@@ -161,3 +161,30 @@ def test_combined_is_the_union_and_keeps_the_reversal_check(tiny_model):
     assert not rows[index["activation_clustering"]].any() and "activation_clustering" not in info
     assert info["combined"]["trigger_check"] == info["trigger_reversal"]["trigger_check"]
     assert "trigger_check" not in info["activation_outliers"]
+
+
+def test_label_consistency_flags_a_class_filled_with_mislabelled_images_only():
+    """Synthetic bars: 150 images of other classes warped slightly and labelled 2 (a WaNet-like
+    share of class 2) are flagged; the same data without them flags nothing."""
+    from secure_ai_mnist import detect_knn
+
+    x, y = synthetic_digits(np.random.default_rng(3), 1500)
+    silent = detect_knn.detect_label_consistency(None, x, y, config.Config())
+    assert silent.flags.sum() == 0 and silent.report["suspicious_classes"] == [] and silent.check is None
+    poisons = np.sort(np.random.default_rng(4).choice(np.flatnonzero(y != 2), 150, replace=False))
+    y_p = y.copy()
+    y_p[poisons] = 2
+    found = detect_knn.detect_label_consistency(None, x, y_p, config.Config())
+    m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
+    assert found.report["suspicious_classes"] == [2] and m["precision"] >= 0.95 and m["recall"] >= 0.95, m
+
+
+def test_predict_check_trigger_refuses_a_run_that_recovered_no_trigger(tmp_path):
+    import json
+
+    from secure_ai_mnist import common, inference, report
+
+    (tmp_path / report.SUMMARY_FILENAME).write_text(json.dumps({"backdoor": {"runtime_check": {
+        "trigger_recovered": False, "file": None, "method": "none: combined recovered no trigger"}}}))
+    with pytest.raises(common.UserError, match="recovered no trigger"):
+        inference.load_trigger_check(tmp_path)
