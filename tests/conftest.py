@@ -85,7 +85,7 @@ def quick_run(tmp_path_factory, mnist_dir):
             str(base / "cache"))
     before = tracked_file_digests()
     shutil.rmtree(ROOT / "secure_ai_outputs" / "quick", ignore_errors=True)  # no stale files from older code
-    proc = run_script(*args, timeout=900)
+    proc = run_script(*args, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = ROOT / "secure_ai_outputs" / "quick"
     return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr, "args": args,

@@ -47,7 +47,7 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     first = json.loads(quick_run["json"].read_text())
     assert first["cache"]["reused"] == []
     out = quick_run["base"] / "rerun"
-    proc = run_script(*quick_run["args"], "--output-dir", str(out), timeout=600)
+    proc = run_script(*quick_run["args"], "--output-dir", str(out), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     second = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
     names = ["baseline", "poisoned", "defense_fgsm", "defense_fgsm_rs", "defense_pgd", "defense_robust"]
@@ -69,7 +69,7 @@ def test_second_run_reuses_and_flag_change_invalidates_only_dependents(quick_run
     # A new FGSM eps invalidates the FGSM training set and its defense, not the other models
     # (the per-batch defenses use --pgd-eps).
     out3 = quick_run["base"] / "eps"
-    proc = run_script(*quick_run["args"], "--fgsm-eps", "0.2", "--output-dir", str(out3), timeout=600)
+    proc = run_script(*quick_run["args"], "--fgsm-eps", "0.2", "--output-dir", str(out3), timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     third = json.loads((out3 / "metrics_summary_tasks5_6_7.json").read_text())
     reused = set(third["cache"]["reused"])

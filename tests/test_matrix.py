@@ -54,7 +54,7 @@ def test_matrix_end_to_end_on_a_small_real_subset(tmp_path, mnist_dir):
                       "--reversal-steps", "10", "--backdoor-matrix", "--pgd-limit", "20", "--curve-limit", "10",
                       "--autoattack-iters", "5", "--square-queries", "0", "--stability-limit", "0",
                       "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out),
-                      timeout=600)
+                      timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
     result = summary["backdoor"]["matrix"]

@@ -120,7 +120,7 @@ def test_entry_pipeline_declares_consistent_stages():
 def run_copy(project, *args: str) -> dict:
     proc = subprocess.run(  # nosec B603 - this interpreter, the copied script, test-chosen arguments
         [sys.executable, str(project / "secure_ai_mnist_main.py"), *args], capture_output=True, text=True,
-        cwd=project, timeout=600)
+        cwd=project, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = args[args.index("--output-dir") + 1]
     return json.loads((project / out / "metrics_summary_tasks5_6_7.json").read_text())
