@@ -32,15 +32,6 @@ def make_corner_trigger(x: np.ndarray, size: int = 3, margin: int = 1) -> np.nda
     return stamp(x, TriggerSpec(size=size, margin=margin))
 
 
-def make_trigger(x: np.ndarray, shape: str, size: int, margin: int, corner: str = "bottom-right") -> np.ndarray:
-    """Copy of ``x`` with a white badnets patch ``margin`` pixels from ``corner``: ``square``
-    fills size x size pixels, ``checker`` only those with an even row + column sum."""
-    if shape not in ("square", "checker"):
-        raise ValueError(f"unknown trigger shape {shape!r}")
-    return stamp(x, TriggerSpec(size=size, margin=margin, corner=corner,
-                                pattern="solid" if shape == "square" else "checkerboard"))
-
-
 OPPOSITE = {"bottom-right": "top-left", "top-left": "bottom-right", "bottom-left": "top-right",
             "top-right": "bottom-left"}
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from secure_ai_mnist import backdoor, common, config
+from secure_ai_mnist.triggers import TriggerSpec, stamp
 
 
 @pytest.mark.parametrize("size,margin", [(3, 1), (4, 0), (1, 5)])
@@ -53,12 +54,12 @@ def test_attack_success_rate_ignores_target_class_samples():
 
 def test_trigger_variants_touch_only_their_pixels(rng):
     x = rng.uniform(0, 0.5, size=(2, 28, 28, 1)).astype(np.float32)
-    top_left = np.any(backdoor.make_trigger(x, "square", 3, 1, "top-left") != x, axis=(0, 3))
+    top_left = np.any(stamp(x, TriggerSpec(corner="top-left")) != x, axis=(0, 3))
     assert np.argwhere(top_left).tolist() == [[r, c] for r in (1, 2, 3) for c in (1, 2, 3)]
-    checker = np.any(backdoor.make_trigger(x, "checker", 3, 1) != x, axis=(0, 3))
+    checker = np.any(stamp(x, TriggerSpec(pattern="checkerboard")) != x, axis=(0, 3))
     assert np.argwhere(checker).tolist() == [[24, 24], [24, 26], [25, 25], [26, 24], [26, 26]]
     with pytest.raises(ValueError):
-        backdoor.make_trigger(x, "circle", 3, 1)
+        TriggerSpec(pattern="circle")
 
 
 def test_trigger_controls_measure_each_variant():
