@@ -93,10 +93,11 @@ class Config:
     detector: str = _opt("combined", "poison detector whose flags are removed before retraining (one "
                                              "configured defense for every attack): ours, trigger_reversal "
                                              "(trigger reverse-engineering), activation_outliers (robust outliers of "
-                                             "the penultimate activations), label_consistency (pixel k-NN label "
-                                             "disagreement) or combined (the union of the three), or one of ART's two "
+                                             "the penultimate activations), feature_clusters (far, dense groups of "
+                                             "conv-feature statistics), label_consistency (pixel k-NN label "
+                                             "disagreement) or combined (the union of the four), or one of ART's two "
                                              "reference detectors; all blind",
-                         choices=("trigger_reversal", "activation_outliers", "label_consistency", "combined",
+                         choices=("trigger_reversal", "activation_outliers", "feature_clusters", "label_consistency", "combined",
                                   "activation_clustering", "spectral_signature"))
     reversal_steps: int = _opt(300, "optimisation steps of the trigger reverse-engineering (all 10 classes at once, "
                                     "32 images a step)")

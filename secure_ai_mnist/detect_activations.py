@@ -9,8 +9,8 @@ images, whatever the trigger looks like (a blended noise image, a sinusoid, a pa
    covariance determinant, Rousseeuw 1984, fitted on up to FIT_LIMIT of the class), so that the
    poisons cannot pull the centre towards themselves;
 3. a Gaussian mixture of 2 to 4 components on the log distances, the count chosen by BIC. The
-   top component is flagged only when it holds less than half of the class and is clearly apart
-   from the next one (Ashman's D >= MIN_SEPARATION, the same bar as trigger reversal's cut).
+   components above the mixture's lowest wide gap (Ashman's D >= MIN_SEPARATION, the same bar
+   as trigger reversal's cut) are flagged, when they hold less than half of the class.
    A class whose distances form one heavy-tailed mass (every clean class measured) is left alone.
 
 What it cannot see: a backdoor whose poisons make up half of their class or more (WaNet needs
@@ -40,22 +40,34 @@ COMPONENTS = (2, 3, 4)
 MIN_CLASS = 10 * PCA_DIMS  # fewer samples than this per class make the robust shape degenerate: not judged
 
 
-def robust_distances(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Mahalanobis distances (N,) >= 0 of ``features`` (N, D) from their minimum-covariance-
-    determinant centre and shape, in PCA_DIMS principal dimensions."""
+def robust_whiten(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """``features`` (N, D) in PCA_DIMS principal dimensions, centred on their minimum-covariance-
+    determinant centre and whitened by its shape: (N, min(PCA_DIMS, D, N - 1)). Clean samples
+    have roughly unit spread in every direction; the poisons cannot pull the centre to themselves."""
     from sklearn.covariance import MinCovDet
     from sklearn.decomposition import PCA
 
     seed = int(rng.integers(2**31))
     reduced = PCA(min(PCA_DIMS, features.shape[1], len(features) - 1), random_state=seed).fit_transform(features)
-    fit_on = reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)), replace=False)]
-    return MinCovDet(random_state=seed).fit(fit_on).mahalanobis(reduced)
+    fit = MinCovDet(random_state=seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)),
+                                                                replace=False)])
+    variances, axes = np.linalg.eigh(fit.covariance_)
+    return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))
+
+
+def robust_distances(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Squared Mahalanobis distances (N,) >= 0 of ``features`` (N, D) from their minimum-covariance-
+    determinant centre and shape, in PCA_DIMS principal dimensions (what sklearn's
+    ``MinCovDet.mahalanobis`` returns)."""
+    return np.sum(robust_whiten(features, rng) ** 2, axis=1)
 
 
 def far_group(scores: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
-    """The top component of a BIC-chosen Gaussian mixture on ``scores`` (N,), when it holds less
-    than half of them and its Ashman's D from the next component is >= MIN_SEPARATION; nothing
-    otherwise. Returns (flagged bool (N,), {components, separation, high_share})."""
+    """The components of a BIC-chosen Gaussian mixture on ``scores`` (N,) above its lowest wide
+    gap: components sorted by mean, the first adjacent pair from the bottom with Ashman's D >=
+    MIN_SEPARATION whose upper side holds less than half of the scores, and everything above it
+    (a far group that the mixture splits in two is still one group); nothing when no gap is that
+    wide. Returns (flagged bool (N,), {components, separation (that gap's D, or the widest), high_share})."""
     from sklearn.mixture import GaussianMixture
 
     none = np.zeros(len(scores), bool)
@@ -64,15 +76,16 @@ def far_group(scores: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]
     column = scores[:, None]
     fits = [GaussianMixture(n, random_state=seed, reg_covar=1e-6).fit(column) for n in COMPONENTS]
     best = min(fits, key=lambda g: g.bic(column))
-    means, variances = best.means_[:, 0], best.covariances_.ravel()
-    top, second = np.argsort(means)[-1], np.argsort(means)[-2]
-    separation = float((means[top] - means[second]) / np.sqrt((variances[top] + variances[second]) / 2))
-    flagged = best.predict(column) == top
-    info = {"components": int(best.n_components), "separation": round(separation, 3),
-            "high_share": round(float(flagged.mean()), 5)}
-    if separation < MIN_SEPARATION or not 0 < flagged.mean() < 0.5:
-        return none, info
-    return flagged, info
+    order = np.argsort(best.means_[:, 0])
+    means, variances = best.means_[order, 0], best.covariances_.ravel()[order]
+    gaps = (means[1:] - means[:-1]) / np.sqrt((variances[1:] + variances[:-1]) / 2)
+    component = best.predict(column)
+    shares = [float(np.isin(component, order[cut + 1 :]).mean()) for cut in range(len(gaps))]
+    wide = [cut for cut in range(len(gaps)) if gaps[cut] >= MIN_SEPARATION and 0 < shares[cut] < 0.5]
+    cut = wide[0] if wide else int(np.argmax(gaps))
+    info = {"components": int(best.n_components), "separation": round(float(gaps[cut]), 3),
+            "high_share": round(shares[cut], 5)}
+    return (np.isin(component, order[cut + 1 :]) if wide else none), info
 
 
 def detect_activation_outliers(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:

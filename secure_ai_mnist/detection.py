@@ -6,9 +6,11 @@ in, a ``Detection`` (flags, report, runtime check or None) out; one module each:
   with a data-driven cut; recovers the trigger, so it gives a runtime check;
 - ``activation_outliers`` (ours, detect_activations.py): robust Mahalanobis outliers of the
   penultimate activations per class; for triggers that are not small patches;
+- ``feature_clusters`` (ours, detect_clusters.py): far, dense groups of the last conv feature map's
+  channel statistics per class; for triggers that change texture everywhere (blended noise);
 - ``label_consistency`` (ours, detect_knn.py): pixel-space k-NN label disagreement, for classes that
   a backdoor filled with poisons (WaNet needs 5-10% of the training set);
-- ``combined``: the union of our three, one configured defense for every trigger family;
+- ``combined``: the union of our four, one configured defense for every trigger family;
 - ``activation_clustering`` and ``spectral_signature`` (ART's, detect_art.py): reference rows.
 The scoring (``detection_metrics``) and the chance row (``random_filter``) live here too; they
 are the only code that sees the truth, and it is passed to them after detection.
@@ -24,6 +26,7 @@ import numpy as np
 from .config import Config
 from .detect_activations import detect_activation_outliers
 from .detect_art import detect_activation_clustering, detect_spectral_signature
+from .detect_clusters import detect_feature_clusters
 from .detect_knn import detect_label_consistency
 from .detect_reversal import detect_trigger_reversal
 from .detector_api import Detection, TriggerCheck
@@ -35,6 +38,7 @@ Detector = Callable[["keras.Model", np.ndarray, np.ndarray, Config], Detection]
 
 OURS: dict[str, Detector] = {"trigger_reversal": detect_trigger_reversal,
                              "activation_outliers": detect_activation_outliers,
+                             "feature_clusters": detect_feature_clusters,
                              "label_consistency": detect_label_consistency}
 REFERENCES: dict[str, Detector] = {"activation_clustering": detect_activation_clustering,
                                    "spectral_signature": detect_spectral_signature}

@@ -40,8 +40,9 @@ def detection_lines(detection: dict[str, Any]) -> list[str]:
         "known poison indices are computed afterwards. Ours: trigger_reversal (Neural Cleanse-style trigger "
         f"reverse-engineering, anomaly index > {reversal['anomaly_threshold']}, then a two-component cut on each "
         "candidate class's trigger scores), activation_outliers (per class, robust Mahalanobis distances of the "
-        "penultimate activations and a far minority component), label_consistency (pixel k-NN label disagreement in "
-        "classes whose disagreement rate is an outlier) and combined (the union of the three). "
+        "penultimate activations and a far minority component), feature_clusters (per class, far and dense groups "
+        "of the last conv feature map's channel statistics), label_consistency (pixel k-NN label disagreement in "
+        "classes whose disagreement rate is an outlier) and combined (the union of the four). "
         f"activation_clustering and spectral_signature are ART's, on the `{detection['activations']['layer']}` layer "
         f"({detection['activations']['dim']} units). The configured defense is **{detection['selected']}**; the "
         "random filter flags as many samples as it does.",
@@ -53,7 +54,8 @@ def detection_lines(detection: dict[str, Any]) -> list[str]:
         "",
         f"Suspicious classes: trigger_reversal {reversal['suspicious_classes'] or 'none'} (candidates by anomaly "
         f"index: {reversal['candidate_classes'] or 'none'}; {reversal['time_s']:.0f} s), activation_outliers "
-        f"{outliers['suspicious_classes'] or 'none'} ({outliers['time_s']:.0f} s), label_consistency "
+        f"{outliers['suspicious_classes'] or 'none'} ({outliers['time_s']:.0f} s), feature_clusters "
+        f"{detection['feature_clusters']['suspicious_classes'] or 'none'}, label_consistency "
         f"{detection['label_consistency']['suspicious_classes'] or 'none'}. Unpoisoned control (our detectors "
         f"on the clean baseline and its training set): {detection['selected']} flagged {control['flagged']} "
         f"({pct(control['flagged_share'])}), suspicious classes {control['suspicious_classes'] or 'none'}.",

@@ -16,7 +16,8 @@ ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "t
 @pytest.mark.parametrize("function", [detect_reversal.detect_backdoor, detection.run_detectors,
                                       detect_reversal.reverse_triggers, detect_reversal.separated_group,
                                       *detection.OURS.values(), *detection.REFERENCES.values(),
-                                      detect_activations.far_group, detect_activations.robust_distances])
+                                      detect_activations.far_group, detect_activations.robust_distances,
+                                      detect_activations.robust_whiten])
 def test_detectors_cannot_receive_the_answer_key(function):
     params = inspect.signature(function).parameters
     assert not [p for p in params if any(word in p.lower() for word in ANSWER_KEY_WORDS)], params
@@ -128,12 +129,14 @@ def test_far_group_cuts_a_far_compact_minority_and_leaves_heavy_tails_alone(rng)
     assert info["separation"] >= detect_activations.MIN_SEPARATION
 
 
-def test_activation_outliers_find_a_blended_trigger_and_stay_silent_without_one():
-    """A blended noise trigger (no patch, every pixel changed) on 60 images of other classes,
-    labelled 3: the activation detector finds them blind; on the unpoisoned model it flags nothing."""
+@pytest.fixture(scope="module")
+def blended_models():
+    """A blended noise trigger (no patch, every pixel changed) on 60 synthetic images of other
+    classes, labelled 3, and the model trained on them; the same data unpoisoned and its model."""
     from secure_ai_mnist.triggers import TriggerSpec, stamp
 
     x, y = synthetic_digits(np.random.default_rng(5), 1500)
+    x_clean, y_clean = x.copy(), y.copy()
     poisons = np.sort(np.random.default_rng(7).choice(np.flatnonzero(y != 3), 60, replace=False))
     spec = TriggerSpec(family="blended", alpha=0.3, seed=1)
     x[poisons] = stamp(x[poisons], spec)
@@ -142,14 +145,41 @@ def test_activation_outliers_find_a_blended_trigger_and_stay_silent_without_one(
     trained, _ = model.train_cnn(x, y, config.Config(epochs=4, batch_size=32), "planted_blend")
     probe = stamp(synthetic_digits(np.random.default_rng(6), 200)[0], spec)
     assert np.mean(trained.predict(probe, verbose=0).argmax(1) == 3) > 0.8  # the backdoor works
-    found = detect_activations.detect_activation_outliers(trained, x, y, config.Config())
-    m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
+    clean_model, _ = model.train_cnn(x_clean, y_clean, config.Config(epochs=4, batch_size=32), "planted_none")
+    return {"poisoned": (trained, x, y, np.isin(np.arange(len(y)), poisons)), "clean": (clean_model, x_clean, y_clean)}
+
+
+@pytest.mark.parametrize("name", ["activation_outliers", "feature_clusters"])
+def test_activation_detectors_find_a_blended_trigger_and_stay_silent_without_one(blended_models, name):
+    detect = detection.OURS[name]
+    trained, x, y, is_poison = blended_models["poisoned"]
+    found = detect(trained, x, y, config.Config())
+    m = detection.detection_metrics(found.flags, is_poison)
     assert m["recall"] >= 0.9 and m["precision"] >= 0.9, (m, found.report)
     assert found.check is None and found.report["recovers_trigger"] is False
-    x_clean, y_clean = synthetic_digits(np.random.default_rng(5), 1500)
-    clean_model, _ = model.train_cnn(x_clean, y_clean, config.Config(epochs=4, batch_size=32), "planted_none")
-    silent = detect_activations.detect_activation_outliers(clean_model, x_clean, y_clean, config.Config())
+    silent = detect(*blended_models["clean"], config.Config())
     assert silent.flags.sum() == 0 and silent.report["suspicious_classes"] == [], silent.report
+
+
+def test_dense_far_scores_rank_a_tight_far_group_above_scattered_outliers(rng):
+    """Clean outliers are far from the centre and from each other; a planted group shares a
+    trigger, so it is far from the centre and tight: it must score above every scattered one."""
+    from secure_ai_mnist import detect_clusters
+
+    bulk = rng.standard_normal((1000, 12))
+    scattered = rng.standard_normal((40, 12)) * 6.0
+    group = rng.standard_normal((40, 12)) * 0.3 + 6.0
+    scores = detect_clusters.dense_far_scores(np.concatenate([bulk, scattered, group]), rng)
+    assert scores[1040:].min() > scores[1000:1040].max()
+    flagged, info = detect_activations.far_group(scores, 0)
+    assert flagged[1040:].all() and flagged[:1040].sum() == 0, info
+
+
+def test_last_feature_map_is_the_pooled_conv_output_of_the_seed_cnn():
+    from secure_ai_mnist import detect_clusters
+
+    layer = detect_clusters.last_feature_map(model.build_baseline_cnn())
+    assert type(layer).__name__ == "MaxPooling2D" and tuple(layer.output.shape[1:]) == (12, 12, 64)
 
 
 def test_combined_is_the_union_and_keeps_the_reversal_check(tiny_model):
