@@ -91,20 +91,10 @@ from secure_ai_mnist.plots import (
     plot_training_curves,
     plot_trigger_families,
 )
-from secure_ai_mnist.report import (
-    REPORT_FILENAME,
-    SCHEMA_VERSION,
-    SUMMARY_FILENAME,
-    git_state,
-    host_summary,
-    library_versions,
-    results_table,
-    run_bandit,
-    run_manifest,
-    sanity_checks,
-    write_report,
-    write_summary,
-)
+from secure_ai_mnist.checks import sanity_checks
+from secure_ai_mnist.provenance import git_state, host_summary, library_versions, run_bandit, run_manifest
+from secure_ai_mnist.report import REPORT_FILENAME, results_table, write_report
+from secure_ai_mnist.summary_schema import SCHEMA_VERSION, SUMMARY_FILENAME, write_summary
 from secure_ai_mnist.stages import Runner, Stage, StageInputs
 from secure_ai_mnist.triggers import FAMILIES, stamp
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .common import NUM_CLASSES, UserError, import_tensorflow_quietly, one_line, sha256_file
-from .report import SUMMARY_FILENAME
+from .summary_schema import SUMMARY_FILENAME
 
 MAX_INPUTS = 64
 MAX_FILE_BYTES = 2_000_000

@@ -35,7 +35,9 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
 
-PRESENTATION_MODULES = frozenset({"report", "plots", "inference"})
+# The outputs side: rendering, the schema, the checks and provenance read results and compute none.
+PRESENTATION_MODULES = frozenset({"report", "report_backdoor", "summary_schema", "checks", "provenance", "plots",
+                                  "inference"})
 CACHE_KINDS = (None, "model", "arrays")
 
 

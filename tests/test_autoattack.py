@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from conftest import synthetic_digits
 
-from secure_ai_mnist import autoattack, report
+from secure_ai_mnist import autoattack
+from secure_ai_mnist import checks as failure
 from secure_ai_mnist.config import Config
 
 EPS = 0.25  # the tiny model keeps part of its accuracy here, so the attacks can be compared
@@ -118,10 +119,10 @@ def test_failure_checks_flag_a_weaker_stronger_attack():
     result = {"robust_accuracy": 0.4, "per_attack": {"apgd_ce": 0.45, "square": {
         "n": 100, "accuracy_before": 0.4, "accuracy_after": 0.3}},
         "checks": {"zero_gradient_share": 0.2, "stability": {"n": 10, "accuracy": [0.4, 0.3]}}}
-    checks = report.attack_failure_checks("m", result, transfer)
+    checks = failure.attack_failure_checks("m", result, transfer)
     assert checks["attack_strength_order_m"]["passed"] is False
     assert checks["square_not_stronger_than_whitebox_m"]["passed"] is False
     assert checks["attack_converged_m"]["passed"] is False
     assert checks["no_zero_gradients_m"]["passed"] is False
     result["per_attack"]["square"]["accuracy_before"] = 0.0
-    assert report.attack_failure_checks("m", result, transfer)["square_not_stronger_than_whitebox_m"]["passed"] is None
+    assert failure.attack_failure_checks("m", result, transfer)["square_not_stronger_than_whitebox_m"]["passed"] is None

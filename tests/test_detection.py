@@ -8,7 +8,7 @@ import pytest
 from conftest import synthetic_digits
 
 import secure_ai_mnist_main as main
-from secure_ai_mnist import config, detect_activations, detect_reversal, detection, detector_api, model
+from secure_ai_mnist import config, detect_activations, detect_reversal, detection, detector_api, model, summary_schema
 
 ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "truth")
 
@@ -212,9 +212,9 @@ def test_label_consistency_flags_a_class_filled_with_mislabelled_images_only():
 def test_predict_check_trigger_refuses_a_run_that_recovered_no_trigger(tmp_path):
     import json
 
-    from secure_ai_mnist import common, inference, report
+    from secure_ai_mnist import common, inference
 
-    (tmp_path / report.SUMMARY_FILENAME).write_text(json.dumps({"backdoor": {"runtime_check": {
+    (tmp_path / summary_schema.SUMMARY_FILENAME).write_text(json.dumps({"backdoor": {"runtime_check": {
         "trigger_recovered": False, "file": None, "method": "none: combined recovered no trigger"}}}))
     with pytest.raises(common.UserError, match="recovered no trigger"):
         inference.load_trigger_check(tmp_path)

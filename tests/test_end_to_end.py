@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from secure_ai_mnist import common, data, report
+from secure_ai_mnist import common, data, summary_schema
 from secure_ai_mnist.detection import DETECTORS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -15,7 +15,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def test_quick_run_writes_complete_consistent_outputs(quick_run):
     out = quick_run["out"]
     summary = json.loads(quick_run["json"].read_text())
-    report.validate_summary(summary)
+    summary_schema.validate_summary(summary)
     assert summary["data"]["n_train"] == 2000 and summary["data"]["n_test"] == 500
     assert summary["data"]["n_train_available"] == 60000 and summary["data"]["n_test_available"] == 10000
     assert set(summary["data"]["sha256"].values()) <= set(data.MNIST_RAW_SHA256.values()) | {data.MNIST_NPZ_SHA256}

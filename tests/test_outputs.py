@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from secure_ai_mnist import common, report
+from secure_ai_mnist import checks as literature
+from secure_ai_mnist import common, report, summary_schema
 
 
 def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
@@ -19,9 +20,9 @@ def test_atomic_write_keeps_old_file_when_writer_fails(tmp_path):
 
 
 def test_write_summary_refuses_invalid_summary(tmp_path):
-    target = tmp_path / report.SUMMARY_FILENAME
+    target = tmp_path / summary_schema.SUMMARY_FILENAME
     with pytest.raises(ValueError, match="schema_version"):
-        report.write_summary({"schema_version": "x"}, target)
+        summary_schema.write_summary({"schema_version": "x"}, target)
     assert not target.exists()
 
 
@@ -34,13 +35,13 @@ def test_unwritable_output_dir_is_user_error(tmp_path):
 
 def test_validate_summary_catches_inconsistent_confusion_matrix(quick_run):
     summary = json.loads(quick_run["json"].read_text())
-    report.validate_summary(summary)
+    summary_schema.validate_summary(summary)
     summary["models"]["poisoned"]["eval"]["clean"]["n"] += 1
     with pytest.raises(ValueError, match="confusion matrix"):
-        report.validate_summary(summary)
+        summary_schema.validate_summary(summary)
     del summary["models"]["defense_fgsm"]["eval"]["fgsm_whitebox"]
     with pytest.raises(ValueError):
-        report.validate_summary(summary)
+        summary_schema.validate_summary(summary)
 
 
 def test_sanity_checks_flag_a_planted_violation(quick_run):
@@ -54,7 +55,7 @@ def test_sanity_checks_flag_a_planted_violation(quick_run):
     curves = {"eps": [0.0, 0.3, 1.0], "n": 100, "pgd": {"a": [0.99, 0.0, 0.0], "b": [0.99, 0.1, 0.05]}}
     models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.1
     models["defense_fgsm"]["eval"]["fgsm_transfer_from_baseline"]["accuracy"] = 0.5
-    checks = report.sanity_checks(models, good, curves, cfg)
+    checks = literature.sanity_checks(models, good, curves, cfg)
     assert all(c["passed"] for c in checks.values()), checks
 
     # Planted violations: PGD weaker than FGSM on a, transfer stronger than white-box on b,
@@ -65,13 +66,13 @@ def test_sanity_checks_flag_a_planted_violation(quick_run):
     bad["fgsm"]["a"]["b"] = 0.05
     bad_curves = {"eps": [0.0, 0.5, 1.0], "n": 100, "pgd": {"a": [0.99, 0.3, 0.6]}}
     models["defense_fgsm"]["eval"]["fgsm_whitebox"]["accuracy"] = 0.9
-    checks = report.sanity_checks(models, bad, bad_curves, cfg)
+    checks = literature.sanity_checks(models, bad, bad_curves, cfg)
     failed = {name for name, c in checks.items() if c["passed"] is False}
     assert failed == {"pgd_not_weaker_than_fgsm_a", "whitebox_not_weaker_than_transfer_fgsm_b",
                       "accuracy_near_chance_at_eps_1", "eps_curve_monotone",
                       "whitebox_not_weaker_than_transfer_full_test_set_defense_fgsm"}
     # Different eps for PGD and FGSM: the comparison does not apply.
-    assert report.sanity_checks(models, bad, bad_curves, Config(pgd_eps=0.2))[
+    assert literature.sanity_checks(models, bad, bad_curves, Config(pgd_eps=0.2))[
         "pgd_not_weaker_than_fgsm_a"]["passed"] is None
 
 
