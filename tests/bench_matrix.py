@@ -67,8 +67,10 @@ def main() -> None:
             "unpoisoned_control": detection["unpoisoned_control"],
             "matrix": summary["backdoor"]["matrix"],
         }
-        for png in ("backdoor_matrix_f1.png", "trigger_families.png"):
+        record["figures_copied_to"] = []
+        for png in ("backdoor_matrix_f1.png", "trigger_families.png"):  # the run's paths above were temporary
             shutil.copyfile(Path(tmp) / "out" / "images" / png, OUTPUTS / "images" / png)
+            record["figures_copied_to"].append(f"secure_ai_outputs/images/{png}")
     partial = args.out.with_suffix(".json.tmp")
     partial.write_text(json.dumps(record, indent=2) + "\n")
     partial.replace(args.out)
