@@ -95,7 +95,7 @@ class Config:
                                              "(trigger reverse-engineering), activation_outliers (robust outliers of "
                                              "the penultimate activations), feature_clusters (far, dense groups of "
                                              "conv-feature statistics), label_consistency (pixel k-NN label "
-                                             "disagreement) or combined (the union of the four), or one of ART's two "
+                                             "disagreement) or combined (the union of all but feature_clusters), or one of ART's two "
                                              "reference detectors; all blind",
                          choices=("trigger_reversal", "activation_outliers", "feature_clusters", "label_consistency", "combined",
                                   "activation_clustering", "spectral_signature"))

@@ -42,7 +42,8 @@ def detection_lines(detection: dict[str, Any]) -> list[str]:
         "candidate class's trigger scores), activation_outliers (per class, robust Mahalanobis distances of the "
         "penultimate activations and a far minority component), feature_clusters (per class, far and dense groups "
         "of the last conv feature map's channel statistics), label_consistency (pixel k-NN label disagreement in "
-        "classes whose disagreement rate is an outlier) and combined (the union of the four). "
+        "classes whose disagreement rate is an outlier) and combined (the union of all of ours but feature_clusters, "
+        "which is scored beside them while its cut is unproven). "
         f"activation_clustering and spectral_signature are ART's, on the `{detection['activations']['layer']}` layer "
         f"({detection['activations']['dim']} units). The configured defense is **{detection['selected']}**; the "
         "random filter flags as many samples as it does.",

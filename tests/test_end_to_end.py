@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from secure_ai_mnist import common, data, summary_schema
-from secure_ai_mnist.detection import DETECTORS
+from secure_ai_mnist.detection import DETECTORS, IN_COMBINED
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -67,8 +67,7 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
     assert detection["selected"] == removal["detector"] == "combined"
     assert all(detection[name]["uses_ground_truth"] is False for name in (*DETECTORS, "random_filter"))
     assert detection["random_filter"]["flagged"] == detection["combined"]["flagged"]
-    ours = [detection[name]["flagged"] for name in ("trigger_reversal", "activation_outliers", "feature_clusters",
-                                                        "label_consistency")]
+    ours = [detection[name]["flagged"] for name in IN_COMBINED]
     assert max(ours) <= detection["combined"]["flagged"] <= sum(ours)
     # the unpoisoned control on a small real subset: the same detector on the clean baseline
     control = detection["unpoisoned_control"]
