@@ -21,6 +21,7 @@ recovers no trigger, so it gives no runtime check.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -88,6 +89,23 @@ def far_group(scores: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]
     return (np.isin(component, order[cut + 1 :]) if wide else none), info
 
 
+def per_class_far_groups(features: np.ndarray, y: np.ndarray, score: Callable[[np.ndarray], np.ndarray],
+                         seed: int) -> tuple[np.ndarray, dict[str, Any], list[int]]:
+    """``far_group`` of ``score(features of one class)`` for every class with at least MIN_CLASS
+    samples. Returns (flags bool (N,), a report per class, the classes with a flagged group)."""
+    flags, per_class = np.zeros(len(y), bool), {}
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(y == label)
+        if len(members) < MIN_CLASS:
+            per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
+                                     "skipped": f"fewer than {MIN_CLASS} samples"}
+            continue
+        group, info = far_group(score(features[members]), seed)
+        flags[members[group]] = True
+        per_class[str(label)] = {**info, "flagged": int(group.sum())}
+    return flags, per_class, [int(c) for c, info in per_class.items() if info["flagged"]]
+
+
 def detect_activation_outliers(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:
     """Per class, the far, compact group of penultimate activations (module docstring).
     Returns flags (N,) and a report per class; no runtime check. Takes no poison indices,
@@ -96,17 +114,8 @@ def detect_activation_outliers(model: keras.Model, x: np.ndarray, y: np.ndarray,
     seed = stage_seed(cfg.seed, "activation outliers")
     rng = np.random.default_rng(seed)
     features = layer_output(model, "penultimate", x)
-    flags, per_class = np.zeros(len(y), bool), {}
-    for label in range(NUM_CLASSES):
-        members = np.flatnonzero(y == label)
-        if len(members) < MIN_CLASS:
-            per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
-                                     "skipped": f"fewer than {MIN_CLASS} samples"}
-            continue
-        group, info = far_group(np.log(robust_distances(features[members], rng) + 1e-9), seed)
-        flags[members[group]] = True
-        per_class[str(label)] = {**info, "flagged": int(group.sum())}
-    suspicious = [int(c) for c, info in per_class.items() if info["flagged"]]
+    flags, per_class, suspicious = per_class_far_groups(
+        features, y, lambda class_features: np.log(robust_distances(class_features, rng) + 1e-9), seed)
     report = {"method": "per class: penultimate activations, PCA to 10 dims, robust (MCD) Mahalanobis distance, "
                         "BIC-chosen Gaussian mixture on the log distances, far minority component flagged",
               "layer": "penultimate", "pca_dims": PCA_DIMS, "min_separation": MIN_SEPARATION,

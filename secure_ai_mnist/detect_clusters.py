@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .common import LOG, NUM_CLASSES
+from .common import LOG
 from .config import Config
-from .detect_activations import MIN_CLASS, MIN_SEPARATION, far_group, robust_whiten
+from .detect_activations import MIN_SEPARATION, per_class_far_groups, robust_whiten
 from .detector_api import Detection
 from .model import stage_seed
 
@@ -80,17 +80,8 @@ def detect_feature_clusters(model: keras.Model, x: np.ndarray, y: np.ndarray, cf
     seed = stage_seed(cfg.seed, "feature clusters")
     rng = np.random.default_rng(seed)
     features = channel_statistics(model, x)
-    flags, per_class = np.zeros(len(y), bool), {}
-    for label in range(NUM_CLASSES):
-        members = np.flatnonzero(y == label)
-        if len(members) < MIN_CLASS:
-            per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
-                                     "skipped": f"fewer than {MIN_CLASS} samples"}
-            continue
-        group, info = far_group(dense_far_scores(features[members], rng), seed)
-        flags[members[group]] = True
-        per_class[str(label)] = {**info, "flagged": int(group.sum())}
-    suspicious = [int(c) for c, info in per_class.items() if info["flagged"]]
+    flags, per_class, suspicious = per_class_far_groups(
+        features, y, lambda class_features: dense_far_scores(class_features, rng), seed)
     report = {"method": "per class: channel mean and max of the last conv feature map, PCA to 10 dims, robust (MCD) "
                         f"whitening, log(centre distance / {NEIGHBOURS}-NN distance), BIC-chosen Gaussian mixture, "
                         "far minority component flagged",
