@@ -95,9 +95,12 @@ class Config:
                                              "(trigger reverse-engineering), activation_outliers (robust outliers of "
                                              "the penultimate activations), feature_clusters (far, dense groups of "
                                              "conv-feature statistics), label_consistency (pixel k-NN label "
-                                             "disagreement) or combined (the union of all but feature_clusters), or one of ART's two "
+                                             "disagreement), shared_residuals (label-inconsistent images whose pixel "
+                                             "residuals share one direction) or combined (the union of all but "
+                                             "feature_clusters), or one of ART's two "
                                              "reference detectors; all blind",
-                         choices=("trigger_reversal", "activation_outliers", "feature_clusters", "label_consistency", "combined",
+                         choices=("trigger_reversal", "activation_outliers", "feature_clusters", "label_consistency",
+                                  "shared_residuals", "combined",
                                   "activation_clustering", "spectral_signature"))
     reversal_steps: int = _opt(300, "optimisation steps of the trigger reverse-engineering (all 10 classes at once, "
                                     "32 images a step)")

@@ -63,12 +63,13 @@ def robust_distances(features: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return np.sum(robust_whiten(features, rng) ** 2, axis=1)
 
 
-def far_group(scores: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+def far_group(scores: np.ndarray, seed: int, population: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """The components of a BIC-chosen Gaussian mixture on ``scores`` (N,) above its lowest wide
     gap: components sorted by mean, the first adjacent pair from the bottom with Ashman's D >=
-    MIN_SEPARATION whose upper side holds less than half of the scores, and everything above it
-    (a far group that the mixture splits in two is still one group); nothing when no gap is that
-    wide. Returns (flagged bool (N,), {components, separation (that gap's D, or the widest), high_share})."""
+    MIN_SEPARATION whose upper side holds less than half of ``population`` (default: N; a
+    detector that scores a pre-selected part of a class passes the class size), and everything
+    above it (a far group that the mixture splits in two is still one group); nothing when no
+    gap is that wide. Returns (flagged bool (N,), {components, separation (that gap's D, or the widest), high_share})."""
     from sklearn.mixture import GaussianMixture
 
     none = np.zeros(len(scores), bool)
@@ -81,7 +82,8 @@ def far_group(scores: np.ndarray, seed: int) -> tuple[np.ndarray, dict[str, Any]
     means, variances = best.means_[order, 0], best.covariances_.ravel()[order]
     gaps = (means[1:] - means[:-1]) / np.sqrt((variances[1:] + variances[:-1]) / 2)
     component = best.predict(column)
-    shares = [float(np.isin(component, order[cut + 1 :]).mean()) for cut in range(len(gaps))]
+    shares = [float(np.isin(component, order[cut + 1 :]).sum() / (population or len(scores)))
+              for cut in range(len(gaps))]
     wide = [cut for cut in range(len(gaps)) if gaps[cut] >= MIN_SEPARATION and 0 < shares[cut] < 0.5]
     cut = wide[0] if wide else int(np.argmax(gaps))
     info = {"components": int(best.n_components), "separation": round(float(gaps[cut]), 3),

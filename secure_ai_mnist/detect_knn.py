@@ -41,15 +41,20 @@ NEIGHBOURS = 10
 ANOMALY_THRESHOLD = 5.0
 
 
-def disagreement(x: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """bool (N,): fewer than half of the image's NEIGHBOURS nearest other images (pixels, PCA)
-    share its label."""
+def pixel_neighbours(x: np.ndarray, seed: int) -> np.ndarray:
+    """Indices (N, min(NEIGHBOURS, N - 1)) of each image's nearest other images in pixel space
+    (PCA_DIMS principal dimensions), nearest first."""
     from sklearn.decomposition import PCA
     from sklearn.neighbors import NearestNeighbors
 
     reduced = PCA(min(PCA_DIMS, len(x) - 1), random_state=seed).fit_transform(x.reshape(len(x), -1))
     _, neighbours = NearestNeighbors(n_neighbors=min(NEIGHBOURS + 1, len(x))).fit(reduced).kneighbors(reduced)
-    return (y[neighbours[:, 1:]] == y[:, None]).mean(axis=1) < 0.5
+    return neighbours[:, 1:]
+
+
+def disagreement(y: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """bool (N,): fewer than half of the image's nearest images (``pixel_neighbours``) share its label."""
+    return (y[neighbours] == y[:, None]).mean(axis=1) < 0.5
 
 
 MIN_SPREAD = 0.01  # one point of disagreement: classes that all but agree differ by noise, not by poison
@@ -68,7 +73,7 @@ def detect_label_consistency(model: keras.Model, x: np.ndarray, y: np.ndarray, c
     ``model`` is not used: the test is on the data alone. Takes no poison indices, count,
     target class or trigger."""
     start = time.perf_counter()
-    disagrees = disagreement(x, y, stage_seed(cfg.seed, "label consistency"))
+    disagrees = disagreement(y, pixel_neighbours(x, stage_seed(cfg.seed, "label consistency")))
     rates = np.array([disagrees[y == c].mean() if np.any(y == c) else 0.0 for c in range(NUM_CLASSES)])
     index = high_outliers(rates)
     suspicious = [c for c in range(NUM_CLASSES) if index[c] > ANOMALY_THRESHOLD]

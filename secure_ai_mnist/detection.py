@@ -10,11 +10,12 @@ in, a ``Detection`` (flags, report, runtime check or None) out; one module each:
   channel statistics per class; for triggers that change texture everywhere (blended noise);
 - ``label_consistency`` (ours, detect_knn.py): pixel-space k-NN label disagreement, for classes that
   a backdoor filled with poisons (WaNet needs 5-10% of the training set);
+- ``shared_residuals`` (ours, detect_residuals.py): label-inconsistent images whose pixel residuals
+  from their neighbours point the same way (one trigger shared by all poisons: blended noise, patches);
 - ``combined``: the union of IN_COMBINED (trigger reversal, activation outliers, label
-  consistency), one configured defense for every trigger family. feature_clusters runs and is
-  scored beside them but stays out of the union: it flagged 20 clean images of one class on a
-  1-epoch model trained on 2,000 images with no poison, and its cut has not yet found the
-  blended poisons of the backdoor matrix (its score ranks them);
+  consistency, shared residuals), one configured defense for every trigger family.
+  feature_clusters runs and is scored beside them but stays out of the union: it flagged 20 clean
+  images of one class on a 1-epoch model trained on 2,000 images with no poison;
 - ``activation_clustering`` and ``spectral_signature`` (ART's, detect_art.py): reference rows.
 The scoring (``detection_metrics``) and the chance row (``random_filter``) live here too; they
 are the only code that sees the truth, and it is passed to them after detection.
@@ -32,6 +33,7 @@ from .detect_activations import detect_activation_outliers
 from .detect_art import detect_activation_clustering, detect_spectral_signature
 from .detect_clusters import detect_feature_clusters
 from .detect_knn import detect_label_consistency
+from .detect_residuals import detect_shared_residuals
 from .detect_reversal import detect_trigger_reversal
 from .detector_api import Detection, TriggerCheck
 
@@ -43,11 +45,12 @@ Detector = Callable[["keras.Model", np.ndarray, np.ndarray, Config], Detection]
 OURS: dict[str, Detector] = {"trigger_reversal": detect_trigger_reversal,
                              "activation_outliers": detect_activation_outliers,
                              "feature_clusters": detect_feature_clusters,
-                             "label_consistency": detect_label_consistency}
+                             "label_consistency": detect_label_consistency,
+                             "shared_residuals": detect_shared_residuals}
 REFERENCES: dict[str, Detector] = {"activation_clustering": detect_activation_clustering,
                                    "spectral_signature": detect_spectral_signature}
 COMBINED = "combined"
-IN_COMBINED = ("trigger_reversal", "activation_outliers", "label_consistency")
+IN_COMBINED = ("trigger_reversal", "activation_outliers", "label_consistency", "shared_residuals")
 DETECTORS = (*OURS, COMBINED, *REFERENCES)  # the row order of run_detectors' flags
 
 

@@ -42,8 +42,9 @@ def detection_lines(detection: dict[str, Any]) -> list[str]:
         "candidate class's trigger scores), activation_outliers (per class, robust Mahalanobis distances of the "
         "penultimate activations and a far minority component), feature_clusters (per class, far and dense groups "
         "of the last conv feature map's channel statistics), label_consistency (pixel k-NN label disagreement in "
-        "classes whose disagreement rate is an outlier) and combined (the union of all of ours but feature_clusters, "
-        "which is scored beside them while its cut is unproven). "
+        "classes whose disagreement rate is an outlier), shared_residuals (label-inconsistent images whose pixel "
+        "residuals from their neighbours share one direction) and combined (the union of all of ours but "
+        "feature_clusters, which is scored beside them while its cut is unproven). "
         f"activation_clustering and spectral_signature are ART's, on the `{detection['activations']['layer']}` layer "
         f"({detection['activations']['dim']} units). The configured defense is **{detection['selected']}**; the "
         "random filter flags as many samples as it does.",
@@ -57,7 +58,8 @@ def detection_lines(detection: dict[str, Any]) -> list[str]:
         f"index: {reversal['candidate_classes'] or 'none'}; {reversal['time_s']:.0f} s), activation_outliers "
         f"{outliers['suspicious_classes'] or 'none'} ({outliers['time_s']:.0f} s), feature_clusters "
         f"{detection['feature_clusters']['suspicious_classes'] or 'none'}, label_consistency "
-        f"{detection['label_consistency']['suspicious_classes'] or 'none'}. Unpoisoned control (our detectors "
+        f"{detection['label_consistency']['suspicious_classes'] or 'none'}, shared_residuals "
+        f"{detection['shared_residuals']['suspicious_classes'] or 'none'}. Unpoisoned control (our detectors "
         f"on the clean baseline and its training set): {detection['selected']} flagged {control['flagged']} "
         f"({pct(control['flagged_share'])}), suspicious classes {control['suspicious_classes'] or 'none'}.",
         "",

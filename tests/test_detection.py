@@ -13,11 +13,18 @@ from secure_ai_mnist import config, detect_activations, detect_reversal, detecti
 ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "truth")
 
 
+def _residual_helpers():
+    from secure_ai_mnist import detect_knn, detect_residuals
+
+    return [detect_residuals.unit_residuals, detect_residuals.shared_scores, detect_residuals.class_scores,
+            detect_knn.pixel_neighbours, detect_knn.disagreement]
+
+
 @pytest.mark.parametrize("function", [detect_reversal.detect_backdoor, detection.run_detectors,
                                       detect_reversal.reverse_triggers, detect_reversal.separated_group,
                                       *detection.OURS.values(), *detection.REFERENCES.values(),
                                       detect_activations.far_group, detect_activations.robust_distances,
-                                      detect_activations.robust_whiten])
+                                      detect_activations.robust_whiten, *_residual_helpers()])
 def test_detectors_cannot_receive_the_answer_key(function):
     params = inspect.signature(function).parameters
     assert not [p for p in params if any(word in p.lower() for word in ANSWER_KEY_WORDS)], params
@@ -186,7 +193,8 @@ def test_combined_is_the_union_and_keeps_the_reversal_check(tiny_model):
     x, y = synthetic_digits(np.random.default_rng(1), 400)
     rows, info = detection.run_detectors(tiny_model, x, y, config.Config(reversal_steps=20), references=False)
     index = {name: i for i, name in enumerate(detection.DETECTORS)}
-    union = rows[index["trigger_reversal"]] | rows[index["activation_outliers"]] | rows[index["label_consistency"]]
+    union = np.logical_or.reduce([rows[index[name]] for name in detection.IN_COMBINED])
+    assert set(detection.IN_COMBINED) == set(detection.OURS) - {"feature_clusters"}
     np.testing.assert_array_equal(rows[index["combined"]], union)
     assert not rows[index["activation_clustering"]].any() and "activation_clustering" not in info
     assert info["combined"]["trigger_check"] == info["trigger_reversal"]["trigger_check"]
@@ -207,6 +215,49 @@ def test_label_consistency_flags_a_class_filled_with_mislabelled_images_only():
     found = detect_knn.detect_label_consistency(None, x, y_p, config.Config())
     m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
     assert found.report["suspicious_classes"] == [2] and m["precision"] >= 0.95 and m["recall"] >= 0.95, m
+
+
+def styled_digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bars as in synthetic_digits, but of random start and length and with a vertical stroke at a
+    random column: images of one class differ by more than a faint shared pattern does."""
+    y = rng.integers(0, 10, size=n)
+    x = rng.uniform(0.0, 0.2, size=(n, 28, 28, 1)).astype(np.float32)
+    for i, label in enumerate(y):
+        start, length, column = rng.integers(0, 10), rng.integers(8, 18), rng.integers(0, 27)
+        x[i, 2 + 2 * label : 4 + 2 * label, start : start + length, 0] = 0.9
+        x[i, 4:24, column : column + 2, 0] = 0.9
+    return x, y.astype(np.int64)
+
+
+def test_shared_residuals_flag_mislabelled_images_that_share_a_trigger_and_nothing_else():
+    """60 images of other classes blended with one noise image and labelled 3 are flagged; 60
+    plain label flips (no shared pattern) into class 5 and the clean twin are not."""
+    from secure_ai_mnist import detect_residuals
+    from secure_ai_mnist.triggers import TriggerSpec, stamp
+
+    x, y = styled_digits(np.random.default_rng(3), 3000)
+    silent = detect_residuals.detect_shared_residuals(None, x, y, config.Config())
+    assert silent.flags.sum() == 0 and silent.report["suspicious_classes"] == [] and silent.check is None
+    picks = np.random.default_rng(4).choice(np.flatnonzero((y != 3) & (y != 5)), 120, replace=False)
+    poisons, flips = np.sort(picks[:60]), picks[60:]
+    x_p, y_p = x.copy(), y.copy()
+    x_p[poisons] = stamp(x[poisons], TriggerSpec(family="blended", alpha=0.2, seed=1))
+    y_p[poisons], y_p[flips] = 3, 5
+    found = detect_residuals.detect_shared_residuals(None, x_p, y_p, config.Config())
+    m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
+    assert found.report["suspicious_classes"] == [3] and m["precision"] >= 0.95 and m["recall"] >= 0.9, found.report
+
+
+def test_shared_scores_rank_aligned_residuals_above_independent_ones(rng):
+    from secure_ai_mnist import detect_residuals
+
+    direction = rng.standard_normal(50)
+    independent = rng.standard_normal((100, 50))
+    aligned = rng.standard_normal((20, 50)) + 3 * direction
+    rows = np.concatenate([independent, aligned])
+    scores = detect_residuals.shared_scores(rows / np.linalg.norm(rows, axis=1, keepdims=True))
+    assert scores.shape == (120,) and scores[100:].min() > scores[:100].max()
+    assert np.all((scores >= -1) & (scores <= 1))
 
 
 def test_predict_check_trigger_refuses_a_run_that_recovered_no_trigger(tmp_path):

@@ -1,0 +1,120 @@
+"""A blind detector for dirty-label poisons that carry one shared trigger: shared pixel residuals.
+
+A dirty-label poison is an image of one class labelled as another, with the trigger added. Two
+facts single it out, whatever the trigger looks like (a corner patch, a blended noise image):
+
+1. its label disagrees with its nearest images in pixel space (they are images of its true
+   class; the same k-NN test as label_consistency): a candidate;
+2. its residual (the image minus the mean of those neighbours) holds the trigger, and the
+   trigger is the same in every poison, so the residuals of the poisons point the same way.
+   Clean candidates (odd-looking or ambiguous digits) differ from their neighbours each in its
+   own way.
+
+Per class, each candidate's score is the mean cosine similarity of its residual to its
+TOP_MATCHES most similar candidates of the same label. The cut is activation_outliers' (the top
+components of a BIC-chosen Gaussian mixture on the scores, separated by Ashman's D >=
+MIN_SEPARATION and holding less than half of the class), and the group must stand out from the
+rest of the training set too: its median score at least MIN_HEIGHT robust standard deviations
+above the candidates of all other classes.
+
+It reads only the data, not the model. What it cannot see: clean-label poisons (their labels
+agree with their neighbours), triggers that differ from image to image (warps: label_consistency
+covers those when they fill a class), triggers faint against the digits (SIG: activation_outliers
+covers it), and groups of fewer than about TOP_MATCHES poisons. It gives no runtime check.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .common import LOG, NUM_CLASSES
+from .config import Config
+from .detect_activations import MIN_SEPARATION, far_group
+from .detect_knn import disagreement, pixel_neighbours
+from .detector_api import Detection
+from .model import stage_seed
+
+if TYPE_CHECKING:
+    import keras
+
+TOP_MATCHES = 10
+MIN_CANDIDATES = 2 * TOP_MATCHES  # fewer candidates in a class: not judged (too few to fit a mixture)
+# The flagged group's median score, in robust SDs (1.4826 MAD) above the candidates of the other
+# classes (the judged class is left out, so its own poisons cannot widen the yardstick). Mixtures fitted to a few dozen clean candidates split them by chance (D >= 4 in 2 of
+# 7 classes on 6,000 clean images), but such groups sit inside the clean spread: the highest single
+# clean candidate measured stood 4.4 SDs up (30,000 clean images), shared-trigger groups 5-7 SDs.
+MIN_HEIGHT = 4.0
+
+
+def unit_residuals(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Each image minus the mean of its neighbours' images, flattened and scaled to unit length:
+    (N, 784) float32 (a zero residual stays zero)."""
+    flat = x.reshape(len(x), -1).astype(np.float32)
+    residuals = flat - flat[neighbours].mean(axis=1)
+    return residuals / np.maximum(np.linalg.norm(residuals, axis=1, keepdims=True), 1e-9)
+
+
+def shared_scores(residuals: np.ndarray) -> np.ndarray:
+    """Per row of ``residuals`` (M, D) with unit rows, M > TOP_MATCHES: the mean cosine
+    similarity to its TOP_MATCHES most similar other rows, in [-1, 1]: (M,)."""
+    similarity = residuals @ residuals.T
+    np.fill_diagonal(similarity, -np.inf)
+    return np.sort(similarity, axis=1)[:, -TOP_MATCHES:].mean(axis=1)
+
+
+def class_scores(residuals: np.ndarray, candidates: np.ndarray, y: np.ndarray) -> dict[int, np.ndarray]:
+    """Per class with at least MIN_CANDIDATES candidates: (candidate indices, their shared_scores)."""
+    out = {}
+    for label in range(NUM_CLASSES):
+        members = np.flatnonzero(candidates & (y == label))
+        if len(members) >= MIN_CANDIDATES:
+            out[label] = (members, shared_scores(residuals[members]))
+    return out
+
+
+def group_height(group: np.ndarray, others: np.ndarray) -> float:
+    """How far the median of ``group``'s scores stands above ``others`` (the candidates of every
+    other class), in robust standard deviations (1.4826 MAD) of ``others``; 0 for an empty group."""
+    if not len(group):
+        return 0.0
+    centre = float(np.median(others))
+    spread = max(1.4826 * float(np.median(np.abs(others - centre))), 1e-6)
+    return (float(np.median(group)) - centre) / spread
+
+
+def detect_shared_residuals(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:
+    """Per class, the label-inconsistent images whose pixel residuals share one direction
+    (module docstring). ``model`` is not used. Returns flags (N,) and a report per class; no
+    runtime check. Takes no poison indices, count, target class or trigger."""
+    start = time.perf_counter()
+    seed = stage_seed(cfg.seed, "shared residuals")
+    neighbours = pixel_neighbours(x, seed)
+    candidates = disagreement(y, neighbours)
+    scored = class_scores(unit_residuals(x, neighbours), candidates, y)
+    flags, per_class = np.zeros(len(y), bool), {}
+    for label in range(NUM_CLASSES):
+        if label not in scored or len(scored) < 2:
+            per_class[str(label)] = {"candidates": int(np.sum(candidates & (y == label))), "flagged": 0,
+                                     "skipped": f"fewer than {MIN_CANDIDATES} candidates in this class or in all others"}
+            continue
+        members, scores = scored[label]
+        group, info = far_group(scores, seed, population=int(np.sum(y == label)))
+        height = group_height(scores[group], np.concatenate([s for c, (_, s) in scored.items() if c != label]))
+        group &= height >= MIN_HEIGHT
+        flags[members[group]] = True
+        per_class[str(label)] = {"candidates": len(members), **info, "group_height": round(height, 3),
+                                 "flagged": int(group.sum())}
+    suspicious = [int(c) for c, info in per_class.items() if info["flagged"]]
+    report = {"method": "pixel k-NN label disagreement (candidates); per class, the mean cosine similarity of each "
+                        f"candidate's residual from its neighbours to its {TOP_MATCHES} most similar candidates; "
+                        "BIC-chosen Gaussian mixture, far minority component flagged when its median stands "
+                        f">= {MIN_HEIGHT} robust SDs above the other classes' candidates",
+              "top_matches": TOP_MATCHES, "min_separation": MIN_SEPARATION, "min_height": MIN_HEIGHT,
+              "per_class": per_class,
+              "suspicious_classes": suspicious, "flagged": int(flags.sum()), "recovers_trigger": False,
+              "time_s": round(time.perf_counter() - start, 3)}
+    LOG.info("shared residuals: suspicious %s, %d flagged (%.1f s)", suspicious, report["flagged"], report["time_s"])
+    return Detection(flags, report)
