@@ -217,6 +217,21 @@ def test_label_consistency_flags_a_class_filled_with_mislabelled_images_only():
     assert found.report["suspicious_classes"] == [2] and m["precision"] >= 0.95 and m["recall"] >= 0.95, m
 
 
+def test_label_consistency_recheck_finds_poisons_hidden_behind_other_poisons():
+    """80 points labelled 1 packed inside class 0's blob: many agree with each other at first;
+    set aside the flagged ones and more of them disagree. No clean point is ever flagged."""
+    from secure_ai_mnist import detect_knn
+
+    rng = np.random.default_rng(0)
+    features = np.concatenate([rng.normal(0, 1, (400, 5)), rng.normal(6, 1, (400, 5)), rng.normal(0, 0.6, (80, 5))])
+    y = np.array([0] * 400 + [1] * 480)
+    first = detect_knn.disagreement(y, detect_knn.nearest(features)) & (y == 1)
+    flags, rounds = detect_knn.recheck_without_flagged(features, y, first, [1])
+    assert rounds >= 1 and flags[800:].sum() >= first[800:].sum() + 10 and not flags[:800].any()
+    assert (flags | first).sum() == flags.sum()  # a recheck only adds
+    assert not detect_knn.recheck_without_flagged(features, y, first, [0])[0][800:].sum() > first[800:].sum()
+
+
 def styled_digits(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Bars as in synthetic_digits, but of random start and length and with a vertical stroke at a
     random column: images of one class differ by more than a faint shared pattern does."""
