@@ -96,6 +96,7 @@ from secure_ai_mnist.provenance import git_state, host_summary, library_versions
 from secure_ai_mnist.report import REPORT_FILENAME, results_table, write_report
 from secure_ai_mnist.summary_schema import SCHEMA_VERSION, SUMMARY_FILENAME, write_summary
 from secure_ai_mnist.stages import Runner, Stage, StageInputs
+from secure_ai_mnist.study import run_study
 from secure_ai_mnist.triggers import FAMILIES, stamp
 
 TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
@@ -760,7 +761,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     run_log = RunLog(cfg.output_dir / "run.log")
-    code = guarded(lambda: run_pipeline(cfg, argv))
+    code = guarded(lambda: run_study(cfg, lambda one: run_pipeline(one, argv)) if cfg.seeds else run_pipeline(cfg, argv))
     run_log.close(succeeded=code == 0)
     return code
 

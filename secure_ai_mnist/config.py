@@ -47,6 +47,10 @@ class Config:
     no_cache: bool = _opt(False, "recompute every stage instead of reusing cached models and adversarial sets")
     offline: bool = _opt(False, "never download MNIST; fail unless --data-dir or the cache has it")
     seed: int = _opt(42, "seed for every random choice (sampling, shuffling, weight init)")
+    seeds: str = _opt("", "a study: run the whole pipeline once per seed (comma-separated, e.g. 42,43,44; this "
+                         "replaces --seed), each in OUTPUT_DIR/seed_N/ with its own JSON and report, then write "
+                         "study_summary.json and STUDY.md with the mean, SD, range and 95%% t interval of every "
+                         "headline metric")
     profile: str = _opt("standard", "robust = also train the robust defense (FGSM-RS, one-cycle lr, overfitting "
                          "guard) and evaluate PGD on all test images with 3 restarts, unless those flags are given",
                          choices=("standard", "robust"))
@@ -204,6 +208,9 @@ class Config:
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
             (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),
             (self.threads >= 0, "--threads must be >= 0"),
+            (_int_list_ok(self.seeds, 0) and len(set(self.seeds.split(","))) == len(self.seeds.split(",")),
+             "--seeds takes distinct comma-separated seeds >= 0, e.g. 42,43,44"),
+            (not self.seeds or len(self.seeds.split(",")) >= 2, "--seeds needs at least two seeds (one is --seed)"),
         ]
         for ok, message in checks:
             if not ok:

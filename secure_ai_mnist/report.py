@@ -94,11 +94,20 @@ def deliverable_files(summary: dict[str, Any]) -> list[tuple[str, str]]:
 
 def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) -> str:
     """REPORT.md text. Every number is read from ``summary`` (the run's metrics JSON); every
-    sentence that judges a number states the rule it applies."""
-    models, backdoor, manifest = summary["models"], summary["backdoor"], summary.get("manifest", {})
+    sentence that judges a number states the rule it applies. The results and the verdicts come
+    first, the map of the deliverables and the details after them."""
+    lines = [*header_lines(summary),
+             "## 1. Results and verdicts", "", summary["results_table"], "", *conclusions(summary), "",
+             *deliverables_lines(summary), *environment_lines(summary), *clean_lines(summary, root),
+             *security_lines(summary, threat_model), *generation_lines(summary, root),
+             *adversarial_lines(summary, root), *backdoor_lines(summary["backdoor"], summary["config"], root)]
+    return "\n".join(lines) + "\n"
+
+
+def header_lines(summary: dict[str, Any]) -> list[str]:
+    manifest = summary.get("manifest", {})
     code = manifest.get("code", {})
-    img = summary["images"]
-    lines = [
+    return [
         "# secure-ai-mnist run report",
         "",
         f"Generated from `{SUMMARY_FILENAME}` of the run that started {manifest.get('started_utc', 'n/a')} and "
@@ -108,19 +117,31 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         f"Data: {summary['data']['n_train']} training and {summary['data']['n_test']} test images of MNIST "
         f"({summary['data']['source']}). Nothing below is typed in by hand: it is all read from that JSON.",
         "",
-        "## 0. Deliverables map",
+    ]
+
+
+def deliverables_lines(summary: dict[str, Any]) -> list[str]:
+    return [
+        "## 2. Deliverables map",
         "",
         "| deliverable | file |",
         "|---|---|",
         f"| metrics summary (all numbers, run manifest) | `{SUMMARY_FILENAME}` |",
         "| this report | `REPORT.md` |",
         "| run log with timestamps | `run.log` |",
-        *(f"| model: {name} | `models/{Path(entry['model_file']['path']).name}` |" for name, entry in models.items()),
-        f"| figures | `images/` ({len(img)} PNG files, each listed with its SHA-256 in the manifest) |",
+        *(f"| model: {name} | `models/{Path(entry['model_file']['path']).name}` |"
+          for name, entry in summary["models"].items()),
+        f"| figures | `images/` ({len(summary['images'])} PNG files, each listed with its SHA-256 in the manifest) |",
         *(f"| {what} | `{rel}` |" for what, rel in deliverable_files(summary)),
-        "| threat model (STRIDE) | `THREAT_MODEL.md` in the repository, repeated in section 3 |",
+        "| threat model (STRIDE) | `THREAT_MODEL.md` in the repository, repeated in section 5 |",
         "",
-        "## 1. Repositories and environment",
+    ]
+
+
+def environment_lines(summary: dict[str, Any]) -> list[str]:
+    code = summary.get("manifest", {}).get("code", {})
+    return [
+        "## 3. Repositories and environment",
         "",
         f"- Code: git commit `{code.get('commit') or 'unknown'}`; library versions: "
         + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()) + ".",
@@ -129,17 +150,20 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         + ", ".join(f"`{name}` {digest[:16]}..." for name, digest in summary["data"]["sha256"].items()) + ".",
         f"- Wall time of the run: {summary['timings_s']['total']:.0f} s.",
         "",
-        "## 2. Clean metrics",
+    ]
+
+
+def clean_lines(summary: dict[str, Any], root: Path) -> list[str]:
+    models, img = summary["models"], summary["images"]
+    confused = most_confused(models["baseline"]["eval"]["clean"]["confusion_matrix"])
+    return [
+        "## 4. Clean metrics",
         "",
         "| model | clean accuracy | loss | inference (ms per image) | training time (s) |",
         "|---|---|---|---|---|",
-    ]
-    for name, entry in models.items():
-        clean = entry["eval"]["clean"]
-        lines.append(f"| {name} | {_pct(clean['accuracy'])} | {clean['loss']:.4f} | "
-                     f"{clean['inference_time_per_sample_ms']:.3f} | {entry['training'].get('train_time_s', 0):.0f} |")
-    confused = most_confused(models["baseline"]["eval"]["clean"]["confusion_matrix"])
-    lines += [
+        *(f"| {name} | {_pct(e['eval']['clean']['accuracy'])} | {e['eval']['clean']['loss']:.4f} | "
+          f"{e['eval']['clean']['inference_time_per_sample_ms']:.3f} | {e['training'].get('train_time_s', 0):.0f} |"
+          for name, e in models.items()),
         "",
         "Most confused classes of the baseline on the clean test set (true -> predicted, count): "
         + (", ".join(f"{t} -> {p} ({c})" for t, p, c in confused) or "none") + ".",
@@ -148,9 +172,11 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "",
         _image(root, img["training_curves"], "training curves"),
         "",
-        "## 3. Threat model (STRIDE) and Bandit",
-        "",
     ]
+
+
+def security_lines(summary: dict[str, Any], threat_model: str | None) -> list[str]:
+    lines = ["## 5. Threat model (STRIDE) and Bandit", ""]
     if threat_model:
         body = threat_model.split("\n", 1)[1] if threat_model.startswith("# ") else threat_model
         lines += [body.strip(), ""]
@@ -167,10 +193,13 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
                      f"issues (high {sev['HIGH']}, medium {sev['MEDIUM']}, low {sev['LOW']}) in "
                      f"{bandit.get('lines_of_code')} lines of code.")
         lines += [f"- {finding}" for finding in bandit.get("findings", [])]
-    fgsm, pgd_cfg = summary["fgsm"], summary["config"]
-    lines += [
-        "",
-        "## 4. Adversarial data generation",
+    return [*lines, ""]
+
+
+def generation_lines(summary: dict[str, Any], root: Path) -> list[str]:
+    backdoor, fgsm, cfg, img = summary["backdoor"], summary["fgsm"], summary["config"], summary["images"]
+    return [
+        "## 6. Adversarial data generation",
         "",
         f"- Backdoor ({backdoor['family']}): {backdoor['poison_count']} training images "
         f"({_pct(backdoor['poison_fraction'])}) get {backdoor['trigger_description']}"
@@ -178,8 +207,8 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         f"- FGSM ({fgsm['library']}): L-inf, eps {fgsm['eps']}, true labels; {fgsm['train_vs_baseline']['n']} training "
         f"and {fgsm['test_vs_baseline']['n']} test images against the baseline; largest perturbation measured "
         f"{fgsm['test_vs_baseline']['bound_check']['max_linf']:.6f}.",
-        f"- PGD: L-inf, eps {pgd_cfg['pgd_eps']}, step {pgd_cfg['pgd_step_size']}, {pgd_cfg['pgd_steps']} steps, "
-        f"{pgd_cfg['pgd_restarts']} random start(s), white-box against every model on "
+        f"- PGD: L-inf, eps {cfg['pgd_eps']}, step {cfg['pgd_step_size']}, {cfg['pgd_steps']} steps, "
+        f"{cfg['pgd_restarts']} random start(s), white-box against every model on "
         f"{summary['pgd']['n_test_images']} test images.",
         *autoattack_lines(summary.get("autoattack")),
         "",
@@ -189,9 +218,14 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         "",
         _image(root, img["method2_clean_vs_fgsm"], "FGSM examples"),
         "",
-        "## 5. Adversarial metrics",
+    ]
+
+
+def adversarial_lines(summary: dict[str, Any], root: Path) -> list[str]:
+    return [
+        "## 7. Adversarial metrics",
         "",
-        summary["results_table"],
+        "The results table is in section 1.",
         "",
         _image(root, summary["accuracy_vs_eps"]["png"], "accuracy vs eps"),
         "",
@@ -200,15 +234,18 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
         *(f"- {'PASS' if c['passed'] else 'n/a' if c['passed'] is None else 'FAIL'}: {c['description']}"
           for c in summary["sanity_checks"].values()),
         "",
+    ]
+
+
+def backdoor_lines(backdoor: dict[str, Any], cfg: dict[str, Any], root: Path) -> list[str]:
+    removal, runtime = backdoor["removal"], backdoor["runtime_check"]
+    lines = [
         "### Backdoor: controls, detection, removal",
         "",
         *controls_lines(backdoor["trigger_controls"]),
         *detection_lines(backdoor["detection"]),
         _image(root, backdoor["detection"]["png"], "detector view"),
         "",
-    ]
-    removal, runtime = backdoor["removal"], backdoor["runtime_check"]
-    lines += [
         f"Removal ({removal['method']}): the {removal['removed']} samples flagged by {removal['detector']} (selected by "
         f"configuration) held {removal['poisons_removed']} of the poisons and left {removal['poisons_left']}; the "
         f"retrained model has clean accuracy {_pct(removal['clean_accuracy'])} "
@@ -224,15 +261,13 @@ def build_report(summary: dict[str, Any], root: Path, threat_model: str | None) 
     if backdoor.get("sweep"):
         sweep = backdoor["sweep"]
         lines += [f"Poison sweep ({sweep['epochs']} training epoch(s) per point):", "",
-                  f"| poisons | trigger size | clean accuracy | ASR | flagged by {summary['config']['detector']} | precision | recall "
+                  f"| poisons | trigger size | clean accuracy | ASR | flagged by {cfg['detector']} | precision | recall "
                   "| F1 |", "|---|---|---|---|---|---|---|---|",
                   *(f"| {r['poison_count']} | {r['trigger_size']} | {_pct(r['clean_accuracy'])} | "
                     f"{_pct(r['attack_success_rate'])} | {r['detection']['flagged']} | {r['detection']['precision']:.3f} "
                     f"| {r['detection']['recall']:.3f} | {r['detection']['f1']:.3f} |" for r in sweep["rows"]),
                   "", _image(root, sweep["png"], "ASR vs poison count"), ""]
-    lines += matrix_lines(backdoor.get("matrix"), root)
-    lines += ["## 6. Conclusions", "", *conclusions(summary)]
-    return "\n".join(lines) + "\n"
+    return lines + matrix_lines(backdoor.get("matrix"), root)
 
 
 def autoattack_lines(autoattack: dict[str, Any] | None) -> list[str]:

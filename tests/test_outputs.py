@@ -104,9 +104,12 @@ def test_run_log_has_timestamps_and_the_whole_run(quick_run):
 def test_report_is_built_from_the_json(quick_run):
     summary = json.loads(quick_run["json"].read_text())
     text = (quick_run["out"] / report.REPORT_FILENAME).read_text()
-    for section in ("## 0. Deliverables map", "## 2. Clean metrics", "## 3. Threat model (STRIDE) and Bandit",
-                    "## 5. Adversarial metrics", "## 6. Conclusions"):
-        assert section in text
+    sections = ("## 1. Results and verdicts", "## 2. Deliverables map", "## 4. Clean metrics",
+                "## 5. Threat model (STRIDE) and Bandit", "## 7. Adversarial metrics")
+    assert [text.index(section) for section in sections] == sorted(text.index(section) for section in sections)
+    # what a reader sees first: the results table and the verdicts, before the map
+    assert text.index(summary["results_table"]) < text.index("## 2. Deliverables map")
+    assert text.index("The backdoor is ") < text.index("## 2. Deliverables map")
     assert summary["results_table"] in text
     assert "Bandit 1." in text or "Bandit: not run" in text
     for target in __import__("re").findall(r"!\[[^\]]*\]\(([^)]+)\)", text):
