@@ -70,7 +70,7 @@ from secure_ai_mnist.evaluation import (
     robustness_tables,
 )
 from secure_ai_mnist.inference import run_evaluate, run_predict
-from secure_ai_mnist.matrix import MATRIX_RATES, attack_record, f1_table, matrix_points, poisoned_set
+from secure_ai_mnist.matrix import MATRIX_RATES, attack_record, f1_table, matrix_points, poisoned_set, runtime_record
 from secure_ai_mnist.model import (
     configure_tensorflow,
     layer_output,
@@ -350,9 +350,11 @@ def score_matrix(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
         idx = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)[0]
         flags = inputs["matrix_detection"][point.label][0]
         is_poison = np.isin(np.arange(len(d["y_train"])), idx)
+        check = runtime_trigger_check(inputs["matrix_detection"][point.label][1], cfg.detector)
         rows.append({**record, "detection": {name: {**detection_metrics(row.astype(bool), is_poison),
                                                     "uses_ground_truth": False} for name, row in zip(DETECTORS, flags)},
-                     "removal": inputs["matrix_removal"][point.label]})
+                     "removal": inputs["matrix_removal"][point.label],
+                     "runtime_check": runtime_record(check, d["x_test"], d["y_test"], point)})
     png = plot_matrix_heatmap([r["label"] for r in rows], list(DETECTORS), f1_table(rows, list(DETECTORS)),
                               inputs.images / "backdoor_matrix_f1.png")
     control = inputs["detection_control"][0][DETECTORS.index(cfg.detector)]
@@ -761,7 +763,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     run_log = RunLog(cfg.output_dir / "run.log")
-    code = guarded(lambda: run_study(cfg, lambda one: run_pipeline(one, argv)) if cfg.seeds else run_pipeline(cfg, argv))
+    code = guarded(lambda: run_study(cfg, argv) if cfg.seeds else run_pipeline(cfg, argv))
     run_log.close(succeeded=code == 0)
     return code
 

@@ -80,6 +80,17 @@ def attack_record(predict: Any, x_test: np.ndarray, y_test: np.ndarray, point: M
                                                        point.target_class)}
 
 
+def runtime_record(check: Any, x_test: np.ndarray, y_test: np.ndarray, point: MatrixPoint) -> dict[str, Any]:
+    """The configured defense's runtime input check at ``point``: the share of triggered test images
+    (those not already of the target class) and of clean test images it flags; None for both when
+    the defense recovered no trigger (``check`` None or empty), and the record says so."""
+    if check is None or not len(check.classes):
+        return {"trigger_recovered": False, "flag_rate_triggered": None, "flag_rate_clean": None}
+    triggered = stamp(x_test[y_test != point.target_class], point.spec)
+    return {"trigger_recovered": True, "flag_rate_triggered": float(check.flags(triggered).mean()),
+            "flag_rate_clean": float(check.flags(x_test).mean())}
+
+
 def f1_table(points: list[dict[str, Any]], detectors: list[str]) -> np.ndarray:
     """(points, detectors) F1 scores from the scored points."""
     return np.array([[p["detection"][name]["f1"] for name in detectors] for p in points], float)

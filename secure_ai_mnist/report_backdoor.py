@@ -103,12 +103,17 @@ def matrix_lines(matrix: dict[str, Any] | None, root: Path) -> list[str]:
              f"Each point trains a poisoned model ({matrix['epochs']} epoch(s), {matrix['n_train']} training images); "
              "the target class and the trigger's place are drawn from the seed. Removal drops the configured "
              f"defense's (**{matrix['selected']}**) flags and retrains. F1 per detector:", "",
-             "| attack | target | poisons | ASR | " + " | ".join(names) + " | removal: ASR after | clean after |",
-             "|---|---|---|---|" + "---|" * len(names) + "---|---|"]
+             "| attack | target | poisons | ASR | " + " | ".join(names)
+             + " | removal: ASR after | clean after | runtime check: triggered / clean flagged |",
+             "|---|---|---|---|" + "---|" * len(names) + "---|---|---|"]
     for p in matrix["points"]:
         f1 = " | ".join(f"{p['detection'][n]['f1']:.3f}" for n in names)
+        runtime = p.get("runtime_check", {})
+        check = (f"{pct(runtime['flag_rate_triggered'])} / {pct(runtime['flag_rate_clean'])}"
+                 if runtime.get("trigger_recovered") else "none (no trigger recovered)")
         lines.append(f"| {p['label']} | {p['target_class']} | {p['poison_count']} | {pct(p['attack_success_rate'])} | "
-                     f"{f1} | {pct(p['removal']['attack_success_rate'])} | {pct(p['removal']['clean_accuracy'])} |")
+                     f"{f1} | {pct(p['removal']['attack_success_rate'])} | {pct(p['removal']['clean_accuracy'])} | "
+                     f"{check} |")
     lines += ["", f"Clean baseline accuracy for comparison: {pct(matrix['baseline_clean_accuracy'])}. Unpoisoned "
                   f"control of {matrix['selected']}: {matrix['control_flagged']} flagged.", "",
               image_link(root, matrix["heatmap_png"], "backdoor matrix heatmap"), "",

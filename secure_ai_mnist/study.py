@@ -116,17 +116,51 @@ def plot_study(study: dict[str, Any], path: Path) -> str:
     return save_figure(fig, path)
 
 
-def run_study(cfg: Config, run_one: Callable[[Config], dict[str, Any]]) -> dict[str, Any]:
-    """``run_one`` (one pipeline run: config in, its summary out) for every seed of --seeds, one
-    after another; then study_summary.json, STUDY.md, study.html and the figure in --output-dir
-    (each written atomically)."""
+def pipeline_task(job: tuple[Config, list[str]]) -> dict[str, Any]:
+    """One seed's whole pipeline run (in this process or in a Ray worker): its headline metrics,
+    where its metrics JSON was written, that file's SHA-256 and the host that wrote it."""
+    import platform
+
+    import secure_ai_mnist_main  # the entry script; Ray workers import it from the project root
+
+    from .common import setup_logging, sha256_file
+    from .summary_schema import SUMMARY_FILENAME
+
+    one, argv = job
+    setup_logging(one.log_level)
+    summary = secure_ai_mnist_main.run_pipeline(one, argv)
+    path = one.output_dir / SUMMARY_FILENAME
+    return {"seed": one.seed, "headlines": headline_metrics(summary), "summary_path": str(path),
+            "summary_sha256": sha256_file(path), "host": platform.node()}
+
+
+def reached_driver(result: dict[str, Any]) -> bool:
+    """Whether the run's metrics JSON is on this machine's disk, the very file the task wrote."""
+    from .common import sha256_file
+
+    path = Path(result["summary_path"])
+    return path.is_file() and sha256_file(path) == result["summary_sha256"]
+
+
+def run_study(cfg: Config, argv: list[str],
+              work: Callable[[tuple[Config, list[str]]], dict[str, Any]] = pipeline_task) -> dict[str, Any]:
+    """``work`` (one pipeline run per seed of --seeds) serially here, or as Ray tasks with
+    --workers / --ray-address; then study_summary.json, STUDY.md, study.html and the figure in
+    --output-dir (each written atomically). Returns the study record."""
+    from .executor import run_tasks
+
     seeds = seed_list(cfg.seeds)
-    per_seed = {}
-    for number, seed in enumerate(seeds, 1):
-        LOG.info("== study: seed %d (%d of %d) in %s", seed, number, len(seeds), seed_config(cfg, seed).output_dir)
-        per_seed[seed] = headline_metrics(run_one(seed_config(cfg, seed)))
-    study = {"seeds": seeds, "interval_method": INTERVAL_METHOD, "metrics": aggregate(per_seed),
-             "runs": {str(seed): str(seed_config(cfg, seed).output_dir) for seed in seeds}}
+    LOG.info("== study: seeds %s, each in %s/seed_N", seeds, cfg.output_dir)
+    results = run_tasks(work, [(seed_config(cfg, seed), argv) for seed in seeds], cfg.workers, cfg.ray_address)
+    study = {"seeds": seeds, "interval_method": INTERVAL_METHOD,
+             "metrics": aggregate({r["seed"]: r["headlines"] for r in results}),
+             "runs": {str(r["seed"]): {"summary": r["summary_path"], "sha256": r["summary_sha256"], "host": r["host"],
+                                       "on_driver_disk": reached_driver(r)} for r in results},
+             "executor": "ray" if cfg.workers or cfg.ray_address else "serial"}
+    for seed, run in study["runs"].items():
+        if not run["on_driver_disk"]:
+            LOG.warning("seed %s: its outputs stayed on %s (%s); the study holds its numbers", seed, run["host"],
+                        run["summary"])
     study["figure"] = plot_study(study, cfg.output_dir / "images" / "study_seeds.png")
     atomic_write_bytes(cfg.output_dir / STUDY_FILENAME, json.dumps(study, indent=2).encode())
     text = "\n".join(["# secure-ai-mnist study", "", *study_lines(study), "![study](images/study_seeds.png)", ""])

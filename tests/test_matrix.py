@@ -67,5 +67,29 @@ def test_matrix_end_to_end_on_a_small_real_subset(tmp_path, mnist_dir):
         assert point["removal"]["removed"] == combined["flagged"]
         assert point["removal"]["retrained"] == (combined["flagged"] > 0)
         assert 0 <= point["attack_success_rate"] <= 1 and 0 <= point["removal"]["clean_accuracy"] <= 1
+        runtime = point["runtime_check"]
+        rates = (runtime["flag_rate_triggered"], runtime["flag_rate_clean"])
+        assert all(0 <= r <= 1 for r in rates) if runtime["trigger_recovered"] else rates == (None, None)
     assert (out / "images" / "backdoor_matrix_f1.png").read_bytes().startswith(b"\x89PNG")
     assert "### Backdoor matrix" in (out / "REPORT.md").read_text()
+
+
+def test_runtime_record_measures_the_check_or_says_there_is_none():
+    import numpy as np
+
+    from secure_ai_mnist import matrix
+    from secure_ai_mnist.detector_api import TriggerCheck
+    from secure_ai_mnist.triggers import TriggerSpec
+
+    point = matrix.MatrixPoint("p", "badnets", 10, 3, TriggerSpec(size=3, margin=1, corner="bottom-right"))
+    x = np.zeros((20, 28, 28, 1), np.float32)
+    y = np.arange(20) % 10
+    mask = np.zeros((1, 28, 28, 1), np.float32)
+    mask[0, 24:27, 24:27] = 1
+    check = TriggerCheck(np.array([3]), mask, np.ones_like(mask), np.array([0.9]))
+    record = matrix.runtime_record(check, x, y, point)
+    assert record == {"trigger_recovered": True, "flag_rate_triggered": 1.0, "flag_rate_clean": 0.0}
+    empty = TriggerCheck(np.zeros(0, np.int64), mask[:0], mask[:0], np.zeros(0))
+    for none in (None, empty):
+        assert matrix.runtime_record(none, x, y, point) == {"trigger_recovered": False, "flag_rate_triggered": None,
+                                                             "flag_rate_clean": None}

@@ -54,11 +54,14 @@ def test_run_study_runs_each_seed_in_its_own_directory_and_writes_the_aggregate(
     cfg = config.Config(seeds="3,4,5", output_dir=tmp_path)
     seen = []
 
-    def run_one(one: config.Config) -> dict:
+    def run_one(job: tuple[config.Config, list[str]]) -> dict:
+        one, argv = job
         seen.append((one.seed, one.output_dir, one.seeds))
-        return fake_summary(one.seed)
+        assert argv == ["--seeds", "3,4,5"]
+        return {"seed": one.seed, "headlines": study.headline_metrics(fake_summary(one.seed)),
+                "summary_path": str(tmp_path / "elsewhere.json"), "summary_sha256": "0" * 64, "host": "node-b"}
 
-    result = study.run_study(cfg, run_one)
+    result = study.run_study(cfg, ["--seeds", "3,4,5"], run_one)
     assert seen == [(s, tmp_path / f"seed_{s}", "") for s in (3, 4, 5)]
     written = json.loads((tmp_path / study.STUDY_FILENAME).read_text())
     assert written == json.loads(json.dumps(result))
@@ -66,7 +69,24 @@ def test_run_study_runs_each_seed_in_its_own_directory_and_writes_the_aggregate(
     per_seed = [study.headline_metrics(fake_summary(s))["baseline.clean_accuracy"] for s in (3, 4, 5)]
     assert clean["per_seed"] == {"3": per_seed[0], "4": per_seed[1], "5": per_seed[2]}
     assert clean["mean"] == pytest.approx(np.mean(per_seed)) and clean["ci95"][0] < clean["mean"] < clean["ci95"][1]
+    # a run whose files are not on this disk is said to be elsewhere, with its numbers kept
+    assert written["runs"]["4"] == {"summary": str(tmp_path / "elsewhere.json"), "sha256": "0" * 64, "host": "node-b",
+                                    "on_driver_disk": False} and written["executor"] == "serial"
     text = (tmp_path / study.STUDY_REPORT).read_text()
     assert "| baseline.clean_accuracy |" in text and (tmp_path / "images" / "study_seeds.png").stat().st_size > 0
     html = (tmp_path / study.STUDY_HTML).read_text()
     assert "<td>baseline.clean_accuracy</td>" in html and "data:image/png;base64," in html
+
+
+def test_serial_executor_keeps_the_order_and_the_default_run_never_imports_ray():
+    import subprocess  # nosec B404 - this interpreter, a fixed program
+    import sys
+
+    from secure_ai_mnist import executor
+
+    assert executor.run_tasks(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
+    program = ("import sys, secure_ai_mnist_main\nfrom secure_ai_mnist import executor, study\n"
+               "assert executor.run_tasks(abs, [-1]) == [1]\nassert 'ray' not in sys.modules, 'ray imported'")
+    proc = subprocess.run([sys.executable, "-c", program], cwd=executor.PROJECT_ROOT, capture_output=True, text=True,
+                          check=False, timeout=300)  # nosec B603 - this interpreter, fixed program
+    assert proc.returncode == 0, proc.stderr[-2000:]

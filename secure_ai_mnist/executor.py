@@ -1,0 +1,46 @@
+"""Where independent work runs: in this process one item after another (the default), or as Ray
+tasks on a local Ray instance (--workers N) or on a running Ray cluster (--ray-address).
+
+We schedule nothing ourselves: Ray places the tasks, retries a task whose worker died
+(TASK_RETRIES times), and returns the results in the order of the items. Ray is imported only
+here and only when asked for, so the default run needs no service and does not import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .common import LOG, UserError
+
+Item = TypeVar("Item")
+TASK_RETRIES = 3
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def uses_ray(workers: int, address: str) -> bool:
+    return workers > 0 or bool(address)
+
+
+def run_tasks(work: Callable[[Item], Any], items: Sequence[Item], workers: int = 0, address: str = "") -> list[Any]:
+    """``work(item)`` for every item, results in item order. Serial in this process when
+    ``workers`` is 0 and ``address`` empty; otherwise one Ray task per item (one CPU each), on a
+    local Ray instance with ``workers`` CPUs, or on the cluster at ``address`` ("auto" or
+    HOST:PORT). ``work`` must be importable by the workers (a module-level function)."""
+    if not uses_ray(workers, address):
+        return [work(item) for item in items]
+    try:
+        import ray
+    except ImportError as exc:
+        raise UserError("--workers and --ray-address need Ray: pip install 'ray[default]'") from exc
+    # Workers on this machine import the project from its checkout; on other nodes it must be installed there too.
+    ray.init(address=address or None, num_cpus=None if address else workers, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}, log_to_driver=True)
+    try:
+        LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",
+                 ray.cluster_resources().get("CPU"))
+        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(work)
+        return ray.get([remote.remote(item) for item in items])
+    finally:
+        ray.shutdown()
