@@ -116,11 +116,17 @@ def sha256_file(path: Path) -> str:
 
 
 def prepare_output_dir(output_dir: Path) -> dict[str, Path]:
-    """Create output_dir/{images,models} and prove it is writable before any work starts."""
+    """Create output_dir/{images,models}, remove the temporary files of a killed earlier run (never
+    a finished file), and prove the directory is writable before any work starts."""
     dirs = {"root": output_dir, "images": output_dir / "images", "models": output_dir / "models"}
     try:
         for d in dirs.values():
             d.mkdir(parents=True, exist_ok=True)
+        # atomic_path's names (.NAME.XXXX.tmp.SUFFIX) left by a run killed mid-write; the live run
+        # log's (.run.XXXX.log.tmp) does not match
+        for stale in output_dir.rglob(".*.tmp.*"):
+            if stale.is_file():
+                stale.unlink()
         with tempfile.NamedTemporaryFile(dir=output_dir, prefix=".write-test."):
             pass
     except OSError as exc:

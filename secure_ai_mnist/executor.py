@@ -35,7 +35,7 @@ def run_tasks(work: Callable[[Item], Any], items: Sequence[Item], workers: int =
     except ImportError as exc:
         raise UserError("--workers and --ray-address need Ray: pip install 'ray[default]'") from exc
     # Workers on this machine import the project from its checkout; on other nodes it must be installed there too.
-    ray.init(address=address or None, num_cpus=None if address else workers, include_dashboard=False,
+    ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}, log_to_driver=True)
     try:
         LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",

@@ -34,7 +34,7 @@ def seed_list(text: str) -> list[int]:
 
 def seed_config(cfg: Config, seed: int) -> Config:
     """The configuration of one seed's run: the study's, with that seed, in OUTPUT_DIR/seed_N/."""
-    return dataclasses.replace(cfg, seed=seed, seeds="", output_dir=cfg.output_dir / f"seed_{seed}")
+    return dataclasses.replace(cfg, seed=seed, seeds="", workers=0, ray_address="", output_dir=cfg.output_dir / f"seed_{seed}")
 
 
 def _get(tree: Any, *path: str) -> float | None:

@@ -90,3 +90,16 @@ def test_serial_executor_keeps_the_order_and_the_default_run_never_imports_ray()
     proc = subprocess.run([sys.executable, "-c", program], cwd=executor.PROJECT_ROOT, capture_output=True, text=True,
                           check=False, timeout=300)  # nosec B603 - this interpreter, fixed program
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_prepare_output_dir_removes_what_a_killed_run_left_half_written(tmp_path):
+    from secure_ai_mnist import common
+
+    (tmp_path / "models").mkdir()
+    stale = tmp_path / "models" / ".baseline.x1y2.tmp.keras"
+    stale.write_bytes(b"half")
+    finished, live_log = tmp_path / "metrics.json", tmp_path / ".run.abcd.log.tmp"
+    finished.write_text("{}")
+    live_log.write_text("log so far")
+    common.prepare_output_dir(tmp_path)
+    assert not stale.exists() and finished.read_text() == "{}" and live_log.exists()

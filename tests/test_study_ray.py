@@ -1,0 +1,112 @@
+"""A two-seed study on a tiny real subset: serially, on a local Ray instance with two workers, and
+on a two-node Ray cluster started with `ray start` while one of its workers is killed mid-run.
+The per-seed numbers must be the same every way."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess  # nosec B404 - runs this interpreter, the project's script and the ray CLI
+import sys
+import time
+
+import pytest
+from conftest import ROOT, run_script
+
+pytest.importorskip("ray")
+
+TINY = ("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1", "--poison-count", "30",
+        "--reversal-steps", "10", "--pgd-limit", "20", "--curve-limit", "10", "--autoattack-iters", "5",
+        "--autoattack-targets", "1", "--square-queries", "0", "--stability-limit", "0", "--threads", "1",
+        "--no-cache", "--seeds", "1,2")
+VOLATILE = ("time", "cost", "utc", "path", "png", "file", "manifest", "timings", "cache", "host", "report", "output_dir",
+            "bandit", "datasets", "images", "inference", "workers", "ray_address")
+
+
+def stable(tree):
+    """The metrics JSON without what differs between two runs of the same numbers (times, paths)."""
+    if isinstance(tree, dict):
+        return {k: stable(v) for k, v in tree.items() if not any(word in k for word in VOLATILE)}
+    if isinstance(tree, list):
+        return [stable(v) for v in tree]
+    return tree
+
+
+def per_seed(out):
+    return {seed: stable(json.loads((out / f"seed_{seed}" / "metrics_summary_tasks5_6_7.json").read_text()))
+            for seed in (1, 2)}
+
+
+@pytest.fixture(scope="module")
+def serial_study(tmp_path_factory, mnist_dir):
+    out = tmp_path_factory.mktemp("serial")
+    proc = run_script(*TINY, "--data-dir", str(mnist_dir), "--output-dir", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_serial_study_writes_each_seed_and_the_aggregate(serial_study):
+    study = json.loads((serial_study / "study_summary.json").read_text())
+    assert study["seeds"] == [1, 2] and study["executor"] == "serial"
+    assert all(run["on_driver_disk"] for run in study["runs"].values())
+    clean = study["metrics"]["baseline.clean_accuracy"]
+    seeds = per_seed(serial_study)
+    assert clean["per_seed"] == {str(s): seeds[s]["models"]["baseline"]["eval"]["clean"]["accuracy"] for s in (1, 2)}
+    assert seeds[1] != seeds[2]  # two seeds, two draws
+    assert (serial_study / "STUDY.md").is_file() and (serial_study / "study.html").is_file()
+
+
+def test_local_ray_with_two_workers_gives_the_serial_numbers(serial_study, tmp_path, mnist_dir):
+    out = tmp_path / "ray"
+    proc = run_script(*TINY, "--workers", "2", "--data-dir", str(mnist_dir), "--output-dir", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert per_seed(out) == per_seed(serial_study)
+    study = json.loads((out / "study_summary.json").read_text())
+    assert study["executor"] == "ray"
+    assert study["metrics"] == json.loads((serial_study / "study_summary.json").read_text())["metrics"]
+
+
+def ray_cli(env, *args):
+    ray = shutil.which("ray") or str(os.path.join(os.path.dirname(sys.executable), "ray"))
+    return subprocess.run([ray, *args], env=env, capture_output=True, text=True, timeout=180, check=False)  # nosec B603
+
+
+def task_pids():
+    """Process ids of the Ray workers running a study task (Ray names them after the function)."""
+    proc = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True)  # nosec B603 B607
+    return [int(line.split()[0]) for line in proc.stdout.splitlines() if "ray::pipeline_task" in line]
+
+
+def test_cluster_study_survives_a_killed_worker(serial_study, tmp_path, mnist_dir):
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    port = str(6300 + secrets.randbelow(500))
+    head = ray_cli(env, "start", "--head", "--port", port, "--num-cpus", "1", "--include-dashboard", "false")
+    try:
+        assert head.returncode == 0, head.stderr[-2000:]
+        node = ray_cli(env, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1")
+        assert node.returncode == 0, node.stderr[-2000:]
+        out = tmp_path / "cluster"
+        command = [sys.executable, "secure_ai_mnist_main.py", *TINY, "--ray-address", f"127.0.0.1:{port}",
+                   "--data-dir", str(mnist_dir), "--output-dir", str(out)]
+        study = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,  # nosec B603
+                                 stderr=subprocess.PIPE, text=True)
+        killed = None
+        deadline = time.time() + 600
+        while killed is None and study.poll() is None and time.time() < deadline:
+            pids = task_pids()
+            if pids:
+                time.sleep(5)  # mid-run: the task has started its pipeline
+                os.kill(pids[0], signal.SIGKILL)
+                killed = pids[0]
+            time.sleep(0.5)
+        _, stderr = study.communicate(timeout=1500)
+        assert killed is not None, "no study task was seen running"
+        assert study.returncode == 0, stderr[-3000:]
+        assert per_seed(out) == per_seed(serial_study)
+        assert not list(out.rglob(".*.tmp.*")), "a half-written file was left"
+    finally:
+        ray_cli(env, "stop", "--force")
