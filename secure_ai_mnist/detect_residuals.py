@@ -43,9 +43,10 @@ if TYPE_CHECKING:
 TOP_MATCHES = 10
 MIN_CANDIDATES = 2 * TOP_MATCHES  # fewer candidates in a class: not judged (too few to fit a mixture)
 # The flagged group's median score, in robust SDs (1.4826 MAD) above the candidates of the other
-# classes (the judged class is left out, so its own poisons cannot widen the yardstick). Mixtures fitted to a few dozen clean candidates split them by chance (D >= 4 in 2 of
-# 7 classes on 6,000 clean images), but such groups sit inside the clean spread: the highest single
-# clean candidate measured stood 4.4 SDs up (30,000 clean images), shared-trigger groups 5-7 SDs.
+# classes (the judged class is left out, so its own poisons cannot widen the yardstick). Mixtures
+# fitted to a few dozen clean candidates split them by chance (D >= 4 in 2 of 7 classes on 6,000
+# clean images), but such groups sit inside the clean spread: the highest single clean candidate
+# measured stood 4.4 SDs up (30,000 clean images), shared-trigger groups 5-7 SDs.
 MIN_HEIGHT = 4.0
 
 
@@ -65,7 +66,8 @@ def shared_scores(residuals: np.ndarray) -> np.ndarray:
     return np.sort(similarity, axis=1)[:, -TOP_MATCHES:].mean(axis=1)
 
 
-def class_scores(residuals: np.ndarray, candidates: np.ndarray, y: np.ndarray) -> dict[int, np.ndarray]:
+def class_scores(residuals: np.ndarray, candidates: np.ndarray,
+                 y: np.ndarray) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """Per class with at least MIN_CANDIDATES candidates: (candidate indices, their shared_scores)."""
     out = {}
     for label in range(NUM_CLASSES):

@@ -9,14 +9,13 @@ here and only when asked for, so the default run needs no service and does not i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 from .common import LOG, UserError
+from .provenance import PROJECT_ROOT
 
 Item = TypeVar("Item")
 TASK_RETRIES = 3
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def uses_ray(workers: int, address: str) -> bool:

@@ -147,7 +147,7 @@ def run_study(cfg: Config, argv: list[str],
     """``work`` (one pipeline run per seed of --seeds) serially here, or as Ray tasks with
     --workers / --ray-address; then study_summary.json, STUDY.md, study.html and the figure in
     --output-dir (each written atomically). Returns the study record."""
-    from .executor import run_tasks
+    from .executor import run_tasks, uses_ray
 
     seeds = seed_list(cfg.seeds)
     LOG.info("== study: seeds %s, each in %s/seed_N", seeds, cfg.output_dir)
@@ -156,7 +156,7 @@ def run_study(cfg: Config, argv: list[str],
              "metrics": aggregate({r["seed"]: r["headlines"] for r in results}),
              "runs": {str(r["seed"]): {"summary": r["summary_path"], "sha256": r["summary_sha256"], "host": r["host"],
                                        "on_driver_disk": reached_driver(r)} for r in results},
-             "executor": "ray" if cfg.workers or cfg.ray_address else "serial"}
+             "executor": "ray" if uses_ray(cfg.workers, cfg.ray_address) else "serial"}
     for seed, run in study["runs"].items():
         if not run["on_driver_disk"]:
             LOG.warning("seed %s: its outputs stayed on %s (%s); the study holds its numbers", seed, run["host"],
