@@ -22,6 +22,7 @@ import dataclasses
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,12 @@ from secure_ai_mnist.backdoor import (
     describe_trigger,
     poison_dataset,
     poison_sweep,
-    sweep_detection,
     removal_summary,
     select_cross_indices,
     select_poison_indices,
+    sweep_detection,
+    sweep_label,
+    sweep_picks,
     trigger_controls,
     trigger_spec,
 )
@@ -81,6 +84,7 @@ from secure_ai_mnist.model import (
     stage_seed,
     train_cnn,
 )
+from secure_ai_mnist.point_tasks import DetectJob, TrainJob, detect_task, matrix_recipe, model_from_weights, sweep_recipe, train_task
 from secure_ai_mnist.plots import (
     plot_asr_bars,
     plot_detection_view,
@@ -276,67 +280,78 @@ def detection_view(cfg: Config, inputs: StageInputs) -> str:
 
 
 def sweep_poisons(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """Clean accuracy and ASR of a fresh model per (poison count, trigger size); each model cached."""
-    d, sweep_cfg, models = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs), {}
-
-    def train_point(x: np.ndarray, y: np.ndarray, label: str) -> Callable[[np.ndarray], np.ndarray]:
-        models[label] = inputs.cached_model(label, lambda: train_cnn(x, y, sweep_cfg, label))[0]
-        return predicted_labels(models[label], cfg.attack_batch_size)
-
-    rows = poison_sweep(d["x_train"], d["y_train"], d["x_test"], d["y_test"], cfg,
-                        np.random.default_rng(stage_seed(cfg.seed, "poison sweep")), train_point)
+    """Clean accuracy and ASR of a fresh model per (poison count, trigger size); each model cached,
+    the missing ones trained as independent tasks (serially here, or on Ray with --workers)."""
+    d, sweep_cfg = inputs["data"], dataclasses.replace(cfg, epochs=cfg.sweep_epochs)
+    jobs = {sweep_label(count, size): TrainJob(sweep_cfg, sweep_label(count, size),
+                                               partial(sweep_recipe, picks=picks, cfg=cfg, size=size))
+            for count, size, picks in sweep_picks(d["y_train"], cfg, sweep_rng(cfg))}
+    models = {label: model for label, (model, _) in inputs.cached_tasks(
+        jobs, train_task, (d["x_train"], d["y_train"]), cfg, as_model=model_from_weights).items()}
+    rows = poison_sweep(d["x_train"], d["y_train"], d["x_test"], d["y_test"], cfg, sweep_rng(cfg),
+                        lambda x, y, label: predicted_labels(models[label], cfg.attack_batch_size))
     return {"epochs": cfg.sweep_epochs, "rows": rows, "models": models,
             "png": plot_poison_sweep(rows, inputs.images / "poison_sweep_asr.png")}
 
 
+def sweep_rng(cfg: Config) -> np.random.Generator:
+    return np.random.default_rng(stage_seed(cfg.seed, "poison sweep"))
+
+
 def detect_in_sweep(cfg: Config, inputs: StageInputs) -> list[dict[str, Any]]:
     """Our blind detector at every sweep point, on that point's training set and model (each
-    cached), scored against the point's poisons afterwards."""
+    cached, the missing ones run as independent tasks), scored against the point's poisons afterwards."""
     d, models = inputs["data"], inputs["sweep"]["models"]
-
-    def detect(x: np.ndarray, y: np.ndarray, label: str) -> np.ndarray:
-        flags, _ = inputs.cached_arrays(f"{label}_detection",
-                                        lambda: run_detectors(models[label], x, y, cfg, references=False))
-        return flags[DETECTORS.index(cfg.detector)].astype(bool)
-
-    return sweep_detection(d["x_train"], d["y_train"], cfg, np.random.default_rng(stage_seed(cfg.seed, "poison sweep")),
-                           detect)
+    jobs = {f"{sweep_label(count, size)}_detection": DetectJob(
+        cfg, models[sweep_label(count, size)].get_weights(), partial(sweep_recipe, picks=picks, cfg=cfg, size=size),
+        references=False) for count, size, picks in sweep_picks(d["y_train"], cfg, sweep_rng(cfg))}
+    found = inputs.cached_tasks(jobs, detect_task, (d["x_train"], d["y_train"]), cfg)
+    return sweep_detection(d["x_train"], d["y_train"], cfg, sweep_rng(cfg), lambda x, y, label: found[
+        f"{label}_detection"][0][DETECTORS.index(cfg.detector)].astype(bool))
 
 
 def train_matrix_models(cfg: Config, inputs: StageInputs) -> dict[str, Any]:
-    """--backdoor-matrix: a poisoned model per matrix point (each cached), its clean accuracy and ASR."""
-    d, models, points = inputs["data"], {}, []
-    for point in matrix_points(len(d["y_train"]), cfg.seed):
-        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
-        models[point.label] = inputs.cached_model(point.label, lambda: train_cnn(x_p, y_p, cfg, f"matrix_{point.label}"))[0]
+    """--backdoor-matrix: a poisoned model per matrix point (each cached; the missing ones trained as
+    independent tasks), its clean accuracy and ASR."""
+    d, points = inputs["data"], matrix_points(len(inputs["data"]["y_train"]), cfg.seed)
+    jobs = {p.label: TrainJob(cfg, f"matrix_{p.label}", partial(matrix_recipe, point=p, seed=cfg.seed)) for p in points}
+    models = {label: model for label, (model, _) in inputs.cached_tasks(
+        jobs, train_task, (d["x_train"], d["y_train"]), cfg, as_model=model_from_weights).items()}
+    records = []
+    for point in points:
         record = attack_record(predicted_labels(models[point.label], cfg.attack_batch_size), d["x_test"], d["y_test"],
                                point)
         LOG.info("backdoor matrix, %s (target %d, %d poisons): clean %.4f, ASR %.4f", point.label, point.target_class,
                  point.poison_count, record["clean_accuracy"], record["attack_success_rate"])
-        points.append({**point.record(), **record})
-    return {"points": points, "models": models}
+        records.append({**point.record(), **record})
+    return {"points": records, "models": models}
 
 
 def detect_in_matrix(cfg: Config, inputs: StageInputs) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
-    """Every detector at every matrix point, on that point's training set and model only (blind; cached)."""
-    d, models, out = inputs["data"], inputs["matrix_models"]["models"], {}
-    for point in matrix_points(len(d["y_train"]), cfg.seed):
-        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
-        out[point.label] = inputs.cached_arrays(f"{point.label}_detection",
-                                                lambda: run_detectors(models[point.label], x_p, y_p, cfg))
-    return out
+    """Every detector at every matrix point, on that point's training set and model only (blind;
+    cached; the missing ones run as independent tasks)."""
+    d, models = inputs["data"], inputs["matrix_models"]["models"]
+    jobs = {f"{p.label}_detection": DetectJob(cfg, models[p.label].get_weights(),
+                                              partial(matrix_recipe, point=p, seed=cfg.seed))
+            for p in matrix_points(len(d["y_train"]), cfg.seed)}
+    found = inputs.cached_tasks(jobs, detect_task, (d["x_train"], d["y_train"]), cfg)
+    return {label.removesuffix("_detection"): result for label, result in found.items()}
 
 
 def remove_in_matrix(cfg: Config, inputs: StageInputs) -> dict[str, dict[str, Any]]:
     """At every matrix point, the configured defense's flags removed and a fresh model trained on the
-    rest (cached); nothing flagged means nothing to retrain, and the poisoned model stays."""
+    rest (cached; the missing ones as independent tasks); nothing flagged means nothing to retrain,
+    and the poisoned model stays."""
     d, models, out = inputs["data"], inputs["matrix_models"]["models"], {}
-    for point in matrix_points(len(d["y_train"]), cfg.seed):
-        _, x_p, y_p = poisoned_set(d["x_train"], d["y_train"], point, cfg.seed)
-        keep = ~selected_flags(cfg, inputs["matrix_detection"][point.label])
-        model = models[point.label] if keep.all() else inputs.cached_model(
-            f"{point.label}_cleaned", lambda: train_cnn(x_p[keep], y_p[keep], cfg, f"matrix_{point.label}_cleaned"))[0]
-        out[point.label] = {"removed": int((~keep).sum()), "retrained": bool(not keep.all()),
+    points = matrix_points(len(d["y_train"]), cfg.seed)
+    keep = {p.label: ~selected_flags(cfg, inputs["matrix_detection"][p.label]) for p in points}
+    jobs = {f"{p.label}_cleaned": TrainJob(cfg, f"matrix_{p.label}_cleaned",
+                                           partial(matrix_recipe, point=p, seed=cfg.seed, keep=keep[p.label]))
+            for p in points if not keep[p.label].all()}
+    cleaned = inputs.cached_tasks(jobs, train_task, (d["x_train"], d["y_train"]), cfg, as_model=model_from_weights)
+    for point in points:
+        model = cleaned.get(f"{point.label}_cleaned", (models[point.label],))[0]
+        out[point.label] = {"removed": int((~keep[point.label]).sum()), "retrained": bool(not keep[point.label].all()),
                             **attack_record(predicted_labels(model, cfg.attack_batch_size), d["x_test"], d["y_test"],
                                             point)}
     return out
@@ -567,17 +582,18 @@ def backdoor_defense_stages() -> list[Stage]:
 def sweep_stages() -> list[Stage]:
     """--poison-sweep: a fresh model per (poison count, trigger size), then our blind detector on each."""
     sweep_config = ("sweep_epochs", "poison_sweep", "sweep_trigger_sizes", "target_class", "trigger_margin")
-    return [Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor"), config=(*TRAIN, *sweep_config),
+    return [Stage("sweep", sweep_poisons, reads=("data",), modules=("model", "backdoor", "point_tasks"),
+                  config=(*TRAIN, *sweep_config),
                   title="poison sweep (poison count x trigger size)"),
             Stage("sweep_detection", detect_in_sweep, reads=("data", "sweep"), config=(*DETECT, *sweep_config),
-                  modules=(*DETECT_MODULES, "backdoor", "triggers"),
+                  modules=(*DETECT_MODULES, "backdoor", "triggers", "point_tasks"),
                   title="blind poison detection at every sweep point")]
 
 
 def matrix_stages() -> list[Stage]:
     """--backdoor-matrix: poisoned models, then every detector on each (blind), then the configured
     defense's removal, then the scores. Each is its own stage, so editing a detector keeps the models."""
-    attack = ("model", "backdoor", "triggers", "matrix")
+    attack = ("model", "backdoor", "triggers", "matrix", "point_tasks")
     return [Stage("matrix_models", train_matrix_models, reads=("data",), config=(*TRAIN, "backdoor_matrix"),
                   modules=attack, title="backdoor matrix: poisoned models"),
             Stage("matrix_detection", detect_in_matrix, reads=("data", "matrix_models"), config=DETECT,

@@ -169,19 +169,23 @@ def backdoor_summary(
     }
 
 
+def sweep_picks(y_train: np.ndarray, cfg: Config, rng: np.random.Generator) -> list[tuple[int, int, np.ndarray]]:
+    """(poison count, trigger size, poison indices) for each point of cfg.poison_sweep x
+    cfg.sweep_trigger_sizes, size-major. One poison set per count, drawn without replacement from
+    ``rng`` and shared by every trigger size, so the sizes compare like for like; the same
+    ``rng`` seed gives the same sets."""
+    counts, sizes = parse_int_list(cfg.poison_sweep), parse_int_list(cfg.sweep_trigger_sizes)
+    picks = {count: select_poison_indices(y_train, count, cfg.target_class, rng) for count in counts}
+    return [(count, size, picks[count]) for size in sizes for count in counts]
+
+
 def sweep_sets(
     x_train: np.ndarray, y_train: np.ndarray, cfg: Config, rng: np.random.Generator,
 ) -> Iterator[tuple[int, int, np.ndarray, np.ndarray, np.ndarray]]:
     """(poison count, trigger size, poison indices, poisoned x, poisoned y) for each point of
-    cfg.poison_sweep x cfg.sweep_trigger_sizes, size-major. One poison set per count, drawn
-    without replacement from ``rng`` and shared by every trigger size, so the sizes compare
-    like for like; the same ``rng`` seed gives the same sets."""
-    counts, sizes = parse_int_list(cfg.poison_sweep), parse_int_list(cfg.sweep_trigger_sizes)
-    picks = {count: select_poison_indices(y_train, count, cfg.target_class, rng) for count in counts}
-    for size in sizes:
-        sized = dataclasses.replace(cfg, trigger_size=size)
-        for count in counts:
-            yield (count, size, picks[count], *poison_dataset(x_train, y_train, picks[count], sized))
+    ``sweep_picks``."""
+    for count, size, picks in sweep_picks(y_train, cfg, rng):
+        yield (count, size, picks, *poison_dataset(x_train, y_train, picks, dataclasses.replace(cfg, trigger_size=size)))
 
 
 def sweep_label(count: int, size: int) -> str:

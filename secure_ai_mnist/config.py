@@ -51,11 +51,12 @@ class Config:
                          "replaces --seed), each in OUTPUT_DIR/seed_N/ with its own JSON and report, then write "
                          "study_summary.json and STUDY.md with the mean, SD, range and 95%% t interval of every "
                          "headline metric")
-    workers: int = _opt(0, "run the seeds of --seeds as Ray tasks on a local Ray instance with this many CPUs "
-                           "(0 = one after another in this process; needs `pip install ray`); use --threads 1 "
-                           "so that each task keeps to its CPU")
-    ray_address: str = _opt("", "run the seeds of --seeds on the running Ray cluster at this address (auto or "
-                                "HOST:PORT; the project must be installed on every node)")
+    workers: int = _opt(0, "run the seeds of --seeds, or else the points of --poison-sweep and --backdoor-matrix, "
+                           "as Ray tasks on a local Ray instance with this many CPUs (0 = one after another in "
+                           "this process; needs `pip install ray`); use --threads 1 so that each task keeps to its "
+                           "CPU")
+    ray_address: str = _opt("", "run those tasks on the running Ray cluster at this address (auto or HOST:PORT; "
+                                "the project must be installed on every node)")
     profile: str = _opt("standard", "robust = also train the robust defense (FGSM-RS, one-cycle lr, overfitting "
                          "guard) and evaluate PGD on all test images with 3 restarts, unless those flags are given",
                          choices=("standard", "robust"))
@@ -217,8 +218,9 @@ class Config:
              "--seeds takes distinct comma-separated seeds >= 0, e.g. 42,43,44"),
             (not self.seeds or len(self.seeds.split(",")) >= 2, "--seeds needs at least two seeds (one is --seed)"),
             (self.workers >= 0, "--workers must be >= 0"),
-            (not (self.workers or self.ray_address) or bool(self.seeds),
-             "--workers and --ray-address run the seeds of a study; give --seeds too"),
+            (not (self.workers or self.ray_address) or bool(self.seeds or self.poison_sweep or self.backdoor_matrix),
+             "--workers and --ray-address run the seeds of a study or the points of --poison-sweep and "
+             "--backdoor-matrix; give one of those too"),
         ]
         for ok, message in checks:
             if not ok:

@@ -1,5 +1,6 @@
-"""Where independent work runs: in this process one item after another (the default), or as Ray
-tasks on a local Ray instance (--workers N) or on a running Ray cluster (--ray-address).
+"""Where independent work runs (a study's seeds, the sweep's and the matrix's points): in this
+process one item after another (the default), or as Ray tasks on a local Ray instance
+(--workers N) or on a running Ray cluster (--ray-address).
 
 We schedule nothing ourselves: Ray places the tasks, retries a task whose worker died
 (TASK_RETRIES times), and returns the results in the order of the items. Ray is imported only
@@ -22,13 +23,17 @@ def uses_ray(workers: int, address: str) -> bool:
     return workers > 0 or bool(address)
 
 
-def run_tasks(work: Callable[[Item], Any], items: Sequence[Item], workers: int = 0, address: str = "") -> list[Any]:
-    """``work(item)`` for every item, results in item order. Serial in this process when
-    ``workers`` is 0 and ``address`` empty; otherwise one Ray task per item (one CPU each), on a
-    local Ray instance with ``workers`` CPUs, or on the cluster at ``address`` ("auto" or
-    HOST:PORT). ``work`` must be importable by the workers (a module-level function)."""
-    if not uses_ray(workers, address):
-        return [work(item) for item in items]
+def run_tasks(work: Callable[..., Any], items: Sequence[Item], workers: int = 0, address: str = "",
+              shared: Any = None) -> list[Any]:
+    """``work(item)`` (or ``work(item, shared)`` when ``shared`` is given) for every item, results in
+    item order. Serial in this process when ``workers`` is 0 and ``address`` empty; otherwise one
+    Ray task per item (one CPU each), on a local Ray instance with ``workers`` CPUs, or on the
+    cluster at ``address`` ("auto" or HOST:PORT). ``shared`` (say, the training set) is put in
+    Ray's object store once, not copied into every task. ``work`` must be importable by the
+    workers (a module-level function)."""
+    extra = () if shared is None else (shared,)
+    if not uses_ray(workers, address) or not items:
+        return [work(item, *extra) for item in items]
     try:
         import ray
     except ImportError as exc:
@@ -40,6 +45,7 @@ def run_tasks(work: Callable[[Item], Any], items: Sequence[Item], workers: int =
         LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",
                  ray.cluster_resources().get("CPU"))
         remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(work)
-        return ray.get([remote.remote(item) for item in items])
+        refs = tuple(ray.put(value) for value in extra)
+        return ray.get([remote.remote(item, *refs) for item in items])
     finally:
         ray.shutdown()

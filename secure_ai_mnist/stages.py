@@ -113,6 +113,31 @@ class StageInputs(Mapping[str, Any]):
         """An array sub-result of this stage keyed by the stage's key, ``label`` and ``inputs``."""
         return cached_arrays(self._cache, self._cache.key(label, parent=self.key, **inputs), label, make)
 
+    def cached_tasks(self, jobs: Mapping[str, Any], work: Callable[[Any, Any], tuple[Any, dict[str, Any]]],
+                     shared: Any, cfg: Any, as_model: Callable[[Any], keras.Model] | None = None,
+                     ) -> dict[str, tuple[Any, dict[str, Any]]]:
+        """Each job's cached sub-result by label (keyed like ``cached_model`` / ``cached_arrays``);
+        the missing ones computed by ``work(job, shared)`` through ``executor.run_tasks``: here one
+        after another, or as Ray tasks with --workers / --ray-address. A task returns (array,
+        info), or (weights, info) that ``as_model`` turns into a model, which is then cached."""
+        from .executor import run_tasks
+
+        keys = {label: self._cache.key(label, parent=self.key) for label in jobs}
+        found: dict[str, tuple[Any, dict[str, Any]] | None] = {}
+        for label in jobs:
+            hit = self._cache.load_model(keys[label], label) if as_model else self._cache.load_arrays(keys[label], label)
+            found[label] = hit if as_model or hit is None else (hit["array"], hit["info"])
+        missing = [label for label, hit in found.items() if hit is None]
+        done = run_tasks(work, [jobs[label] for label in missing], cfg.workers, cfg.ray_address, shared)
+        for label, (value, info) in zip(missing, done):
+            if as_model:
+                value = as_model(value)
+                self._cache.save_model(keys[label], value, info)
+            else:
+                self._cache.save_arrays(keys[label], info, array=value)
+            found[label] = (value, info)
+        return {label: hit for label, hit in found.items() if hit is not None}
+
 
 class Runner:
     """Runs stages in order; keeps each stage's result, key and wall time."""

@@ -8,11 +8,18 @@ Prints one table: stage, our time, the naive Keras+ART time for the same work, t
 and the achieved GFLOP/s against this machine's measured TensorFlow float32 matmul peak.
 Every time is the best of --repeats runs (this machine's timings vary by tens of percent).
 Attack results are compared with ART's on the same model and inputs.
+
+Writes secure_ai_outputs/bench_pipeline.json (--out): the host and its CPU flags, the matmul peak,
+the table, and with --pipeline each run's wall time, the cold full run's time per stage, its
+trainings' throughput (images/s, GFLOP/s, share of the peak) and its training floor (the run's
+training FLOPs at the peak) with the ratio wall / floor. The README's run times come from this
+file; tests/test_readme_times.py fails when they drift apart by more than 25%.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess  # nosec B404 - times the project's own script
 import sys
@@ -32,6 +39,33 @@ FORWARD_MACS = 26 * 26 * 32 * 9 + 24 * 24 * 64 * 288 + 9216 * 128 + 128 * 10
 FORWARD_FLOP = 2 * FORWARD_MACS
 TRAIN_FLOP = 3 * FORWARD_FLOP  # forward + input and weight gradients
 ATTACK_STEP_FLOP = 2 * FORWARD_FLOP  # forward + input gradient only
+# CPU features that decide TensorFlow's kernels (oneDNN picks AVX-512 or AMX code paths at start).
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags() -> dict[str, object]:
+    """The CPU's model name and which of KERNEL_FLAGS it has (Linux /proc/cpuinfo; empty elsewhere)."""
+    info = Path("/proc/cpuinfo")
+    text = info.read_text() if info.is_file() else ""
+    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in text.splitlines() if ":" in line)}
+    flags = set(fields.get("flags", "").split())
+    model_name = fields.get("model name", "unknown")
+    return {"model_name": model_name, "cores": os.cpu_count(), **{flag: flag in flags for flag in KERNEL_FLAGS}}
+
+
+def training_record(summary: dict, peak: float) -> dict[str, object]:
+    """Throughput of each training of a run (from its metrics JSON) and the run's training floor:
+    its training FLOPs (forward and both gradients, every image of every epoch) at ``peak``."""
+    epochs, trainings, total_flop = summary["config"]["epochs"], {}, 0.0
+    for name, record in summary["models"].items():
+        n, seconds = record["training"]["n_train"], record["training"]["train_time_s"]
+        flop = TRAIN_FLOP * n * epochs
+        total_flop += flop
+        trainings[name] = {"images": n, "epochs": epochs, "seconds": seconds,
+                           "images_per_s": round(n * epochs / seconds, 1),
+                           "gflops": round(flop / seconds / 1e9, 1), "share_of_peak": round(flop / seconds / 1e9 / peak, 3)}
+    return {"trainings": trainings, "training_tflop": round(total_flop / 1e12, 2),
+            "training_floor_s": round(total_flop / (peak * 1e9), 1)}
 
 
 def best_of(repeats: int, fn: Callable[[], object]) -> float:
@@ -82,11 +116,14 @@ def main() -> int:
     parser.add_argument("--pgd-n", type=int, default=300, help="images for the PGD-40 comparison")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")
+    parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
     args = parser.parse_args()
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     import keras
 
     from secure_ai_mnist import attacks, config, data, model
+    from secure_ai_mnist.common import atomic_write_bytes
 
     model.configure_tensorflow(0)
     model.seed_everything(0)
@@ -145,16 +182,9 @@ def main() -> int:
         f"robust acc ours {1 - fooled.mean():.4f} / ART {acc_art:.4f}; "
         f"pixels equal {100 * np.mean(np.isclose(x_o, x_a, atol=1e-5)):.2f}%")
 
-    if args.pipeline:
-        with tempfile.TemporaryDirectory() as tmp:
-            for label, extra in (("quick mode, end to end", ["--quick", "--no-cache"]),
-                                 ("full default run, cold cache", []),
-                                 ("full default run, cached rerun", [])):
-                cmd = [sys.executable, str(ROOT / "secure_ai_mnist_main.py"), "--output-dir", f"{tmp}/out",
-                       "--data-dir", str(config.default_cache_dir()), "--cache-dir", f"{tmp}/cache", *extra]
-                start = time.perf_counter()
-                subprocess.run(cmd, check=True, capture_output=True)  # nosec B603 - our script, fixed args
-                row(label, time.perf_counter() - start, None, None)
+    runs = time_pipeline(peak) if args.pipeline else {}
+    for label, run in runs.items():
+        row(label, run["wall_s"], None, None)
 
     print(f"\nmachine: {os.cpu_count()} cores; TensorFlow float32 matmul peak {peak:.1f} GFLOP/s\n")
     print("| stage | ours (s) | naive Keras+ART (s) | speed-up | ours GFLOP/s | % of matmul peak | note |")
@@ -165,7 +195,45 @@ def main() -> int:
         g = "-" if gflops is None else f"{gflops:.1f}"
         pct = "-" if gflops is None else f"{100 * gflops / peak:.0f}%"
         print(f"| {stage} | {ours:.2f} | {naive_s} | {ratio} | {g} | {pct} | {note} |")
+    record = {"command": " ".join(["python tests/bench_pipeline.py", *sys.argv[1:]]), "started_utc": started,
+              "commit": git("rev-parse", "HEAD"), "tree_clean": not git("status", "--porcelain"),
+              "cpu": cpu_flags(), "matmul_peak_gflops": round(peak, 1),
+              "stages": [{"stage": s, "ours_s": round(o, 3), "naive_s": n and round(n, 3),
+                          "gflops": g and round(g, 1), "note": note} for s, o, n, g, note in rows],
+              "runs": runs}
+    atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
+    print(f"wrote {args.out}")
     return 0
+
+
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
+
+
+def time_pipeline(peak: float) -> dict[str, dict[str, object]]:
+    """Wall time of a cold --quick run, a cold full default run (with its stages and its trainings
+    against the training floor) and a cached rerun of it, each a fresh interpreter with its own
+    empty stage cache (MNIST read from the default cache)."""
+    from secure_ai_mnist import config
+    from secure_ai_mnist.summary_schema import SUMMARY_FILENAME
+
+    runs: dict[str, dict[str, object]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, extra, out, cache in (("quick", ["--quick"], "quick", "quick"), ("full_cold", [], "full", "full"),
+                                         ("full_cached", [], "full_again", "full")):
+            cmd = [sys.executable, str(ROOT / "secure_ai_mnist_main.py"), "--output-dir", f"{tmp}/{out}",
+                   "--data-dir", str(config.default_cache_dir()), "--cache-dir", f"{tmp}/cache_{cache}", *extra]
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)  # nosec B603 - our script, fixed args
+            wall = time.perf_counter() - start
+            summary = json.loads((Path(tmp) / out / SUMMARY_FILENAME).read_text())
+            runs[label] = {"command": "python secure_ai_mnist_main.py " + " ".join(extra), "wall_s": round(wall, 1),
+                           "stages_s": summary["timings_s"], "results_table": summary["results_table"]}
+            if label != "full_cached":
+                floor = training_record(summary, peak)
+                runs[label].update(floor, wall_over_floor=round(wall / floor["training_floor_s"], 2))
+            print(f"{label}: {wall:.1f} s", flush=True)
+    return runs
 
 
 if __name__ == "__main__":

@@ -71,6 +71,24 @@ def tracked_file_digests() -> dict[str, str] | None:
     return {name: hashlib.sha256((ROOT / name).read_bytes()).hexdigest() for name in names}
 
 
+# A tiny real run with every independent-task stage (the matrix's 8 points and 2 sweep points);
+# --threads 1 so that the same run on Ray workers (test_study_ray.py) must give the same numbers.
+MATRIX_RUN = ("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1", "--reversal-steps", "10",
+              "--backdoor-matrix", "--poison-sweep", "0,30", "--sweep-trigger-sizes", "4", "--pgd-limit", "20",
+              "--curve-limit", "10", "--autoattack-iters", "5", "--square-queries", "0", "--stability-limit", "0",
+              "--threads", "1")
+
+
+@pytest.fixture(scope="session")
+def matrix_run(tmp_path_factory, mnist_dir):
+    """MATRIX_RUN serially, with an empty stage cache; its output directory."""
+    base = tmp_path_factory.mktemp("matrix")
+    proc = run_script(*MATRIX_RUN, "--data-dir", str(mnist_dir), "--cache-dir", str(base / "cache"),
+                      "--output-dir", str(base / "out"), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return base / "out"
+
+
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory, mnist_dir):
     """One real `--quick` run of the script (real MNIST subset, empty stage cache), shared by the

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import run_script
 
 import secure_ai_mnist_main as main
 from secure_ai_mnist import config, matrix
@@ -48,14 +47,8 @@ def test_matrix_stages_keep_models_when_a_detector_changes():
     assert not [s.name for s in main.pipeline(config.Config()) if s.name.startswith("matrix")]
 
 
-def test_matrix_end_to_end_on_a_small_real_subset(tmp_path, mnist_dir):
-    out = tmp_path / "matrix"
-    proc = run_script("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1",
-                      "--reversal-steps", "10", "--backdoor-matrix", "--pgd-limit", "20", "--curve-limit", "10",
-                      "--autoattack-iters", "5", "--square-queries", "0", "--stability-limit", "0",
-                      "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"), "--output-dir", str(out),
-                      timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_matrix_end_to_end_on_a_small_real_subset(matrix_run):
+    out = matrix_run
     summary = json.loads((out / "metrics_summary_tasks5_6_7.json").read_text())
     result = summary["backdoor"]["matrix"]
     assert [p["family"] for p in result["points"]] == [f for f in FAMILIES for _ in range(2)]

@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, run_script
+from conftest import MATRIX_RUN, ROOT, run_script
 
 pytest.importorskip("ray")
 
@@ -67,6 +67,23 @@ def test_local_ray_with_two_workers_gives_the_serial_numbers(serial_study, tmp_p
     study = json.loads((out / "study_summary.json").read_text())
     assert study["executor"] == "ray"
     assert study["metrics"] == json.loads((serial_study / "study_summary.json").read_text())["metrics"]
+
+
+def test_sweep_and_matrix_points_on_two_ray_workers_give_the_serial_numbers(matrix_run, tmp_path, mnist_dir):
+    out = tmp_path / "ray_points"
+    proc = run_script(*MATRIX_RUN, "--workers", "2", "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"),
+                      "--output-dir", str(out), timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Ray: 8 tasks" in proc.stderr and "Ray: 2 tasks" in proc.stderr  # the points ran as Ray tasks
+
+    def points(run):
+        backdoor = json.loads((run / "metrics_summary_tasks5_6_7.json").read_text())["backdoor"]
+        return stable(backdoor["matrix"]), stable(backdoor["sweep"])
+
+    ray_matrix, ray_sweep = points(out)
+    serial_matrix, serial_sweep = points(matrix_run)
+    assert len(ray_matrix["points"]) == 8 and len(ray_sweep["rows"]) == 2
+    assert ray_matrix == serial_matrix and ray_sweep == serial_sweep
 
 
 def ray_cli(env, *args):
