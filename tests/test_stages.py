@@ -150,3 +150,27 @@ def test_editing_presentation_keeps_models_and_editing_model_py_recomputes(quick
     append_comment(project / "secure_ai_mnist" / "model.py")
     recomputed = run_copy(project, *quick_run["args"], "--output-dir", "out_model")
     assert not (models | adversarial) & set(recomputed["cache"]["reused"])
+
+
+def square_task(job: int, shared: np.ndarray) -> tuple[np.ndarray, dict]:
+    return shared * job, {"job": job}
+
+
+def test_cached_tasks_compute_only_what_is_missing_and_keep_labels(tmp_path):
+    cfg = Config()  # workers 0: the tasks run here, one after another
+    calls: list[int] = []
+
+    def counted(job: int, shared: np.ndarray) -> tuple[np.ndarray, dict]:
+        calls.append(job)
+        return square_task(job, shared)
+
+    inputs = stages.StageInputs({}, "parent-key", StageCache(tmp_path), {})
+    shared = np.arange(3.0)
+    first = inputs.cached_tasks({"a": 2, "b": 3}, counted, shared, cfg)
+    assert calls == [2, 3] and np.array_equal(first["b"][0], shared * 3) and first["a"][1] == {"job": 2}
+    again = inputs.cached_tasks({"a": 2, "b": 3, "c": 4}, counted, shared, cfg)
+    assert calls == [2, 3, 4]  # a and b came from the cache; only c ran
+    assert list(again) == ["a", "b", "c"] and np.array_equal(again["a"][0], first["a"][0])
+    other_parent = stages.StageInputs({}, "another-key", StageCache(tmp_path), {})
+    other_parent.cached_tasks({"a": 2}, counted, shared, cfg)
+    assert calls == [2, 3, 4, 2]  # a sub-result is keyed by its stage's key too
