@@ -55,6 +55,8 @@ def headline_metrics(summary: dict[str, Any]) -> dict[str, float]:
     for name in models:
         for test_set in ("clean", "fgsm_transfer_from_baseline", "fgsm_whitebox", "pgd_whitebox"):
             named[f"{name}.{test_set}_accuracy"] = _get(models, name, "eval", test_set, "accuracy")
+        if name == "baseline":  # the seed's FGSM test set is crafted on the baseline: white-box for it
+            named["baseline.fgsm_whitebox_accuracy"] = _get(models, name, "eval", "fgsm", "accuracy")
         named[f"{name}.autoattack_accuracy"] = _get(summary, "autoattack", "per_model", name, "robust_accuracy")
     for name in ("poisoned", "poison_cleaned"):
         named[f"backdoor.asr_{name}"] = _get(backdoor, "attack_success_rate", name)

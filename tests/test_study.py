@@ -15,7 +15,7 @@ def fake_summary(seed: int) -> dict:
     """The parts of a metrics JSON that hold headline numbers, varied by seed."""
     rng = np.random.default_rng(seed)
     acc = lambda: {"accuracy": float(rng.uniform(0.9, 1.0))}  # noqa: E731
-    return {"models": {"baseline": {"eval": {"clean": acc(), "pgd_whitebox": acc()}},
+    return {"models": {"baseline": {"eval": {"clean": acc(), "pgd_whitebox": acc(), "fgsm": acc()}},
                        "defense_fgsm": {"eval": {"clean": acc(), "fgsm_transfer_from_baseline": acc(),
                                                  "fgsm_whitebox": acc()}}},
             "autoattack": {"per_model": {"baseline": {"robust_accuracy": 0.0}}},
@@ -35,7 +35,10 @@ def test_headline_metrics_read_every_measured_number_and_skip_the_rest():
     metrics = study.headline_metrics(fake_summary(1))
     assert metrics["baseline.autoattack_accuracy"] == 0.0
     assert metrics["detection.combined.f1"] == 1.0 and metrics["detection.control_flagged_share"] == 0.0
-    assert "baseline.fgsm_whitebox_accuracy" not in metrics and "poisoned.clean_accuracy" not in metrics
+    summary = fake_summary(1)
+    # the baseline's FGSM set is crafted on the baseline, so it is the baseline's white-box FGSM
+    assert metrics["baseline.fgsm_whitebox_accuracy"] == summary["models"]["baseline"]["eval"]["fgsm"]["accuracy"]
+    assert "baseline.fgsm_transfer_from_baseline_accuracy" not in metrics and "poisoned.clean_accuracy" not in metrics
     assert all(isinstance(v, float) for v in metrics.values())
 
 
