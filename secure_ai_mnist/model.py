@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .common import IMAGE_SHAPE, LOG, NUM_CLASSES, atomic_path, import_tensorflow_quietly, sha256_file
 from .config import Config
@@ -40,6 +41,9 @@ def configure_tensorflow(threads: int) -> None:
     if threads:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(1)
+        # NumPy's BLAS (the detectors' least squares, distances) sums in a thread-count-dependent
+        # order too; a Ray worker starts with one BLAS thread, so --threads N pins it everywhere.
+        threadpool_limits(limits=threads)
 
 
 def build_baseline_cnn(learning_rate: float = 1e-3) -> keras.Model:

@@ -8,8 +8,10 @@ The same 4-seed study (``--quick --seeds 1,2,3,4 --threads 1 --no-cache``, real 
   - on a local Ray instance with one worker (``--workers 1``): the executor's overhead,
   - on a local Ray instance with two workers (``--workers 2``): the speed-up of a second core.
 ``--threads 1`` keeps each task's TensorFlow to one thread, so each worker holds one core.
-Every variant must give the same per-seed metrics JSONs (times and paths aside), and seed 1's run
-with TensorFlow's default threads must give them too: a single run with that seed.
+Every variant must give the same per-seed metrics JSONs (times and paths aside), and so must a
+single run of seed 1 with the same flags (``--quick --threads 1 --no-cache --seed 1``). The thread
+count is part of the flags: TensorFlow and BLAS sum in an order that depends on it, so a run with
+the default threads is a different (equally valid) draw, compared only for the record.
 Writes secure_ai_outputs/bench_study.json with the wall times, the two ratios and the host.
 """
 
@@ -70,12 +72,15 @@ def main() -> int:
         outs[name] = work / name
         wall[name] = round(timed_run([*common, *extra, "--output-dir", str(outs[name])], work / f"{name}.log"), 1)
         print(f"{name}: {wall[name]} s", flush=True)
-    single = work / "single_seed_default_threads"
-    wall["single_seed_default_threads"] = round(
-        timed_run(["--quick", "--no-cache", "--seed", str(seeds[0]), "--output-dir", str(single)], work / "single.log"), 1)
+    singles = {"single_seed_run": ["--threads", "1"], "single_seed_default_threads": []}
+    for name, extra in singles.items():
+        outs[name] = work / name
+        wall[name] = round(timed_run(["--quick", "--no-cache", *extra, "--seed", str(seeds[0]),
+                                      "--output-dir", str(outs[name])], work / f"{name}.log"), 1)
     reference = per_seed(outs["serial"], seeds)
-    same = {name: per_seed(out, seeds) == reference for name, out in outs.items()}
-    same["single_seed_default_threads"] = stable(json.loads((single / SUMMARY_FILENAME).read_text())) == reference[seeds[0]]
+    same = {name: per_seed(outs[name], seeds) == reference for name in ("serial", "ray_1_worker", "ray_2_workers")}
+    for name in singles:
+        same[name] = stable(json.loads((outs[name] / SUMMARY_FILENAME).read_text())) == reference[seeds[0]]
     overhead = wall["ray_1_worker"] / wall["serial"] - 1
     speedup = wall["ray_2_workers"] / wall["ray_1_worker"]
     result = {
@@ -87,10 +92,11 @@ def main() -> int:
         "two_workers_share": {"value": round(speedup, 4), "goal_at_most": SPEEDUP_GOAL, "met": speedup <= SPEEDUP_GOAL,
                               "definition": "ray_2_workers / ray_1_worker"},
         "per_seed_json_equal_to_serial": same,
+        "note": "single_seed_default_threads is for the record: another thread count sums in another order",
     }
     atomic_write_bytes(args.out, (json.dumps(result, indent=2) + "\n").encode())
     print(json.dumps(result, indent=2))
-    return 0 if all(same.values()) else 1
+    return 0 if all(v for k, v in same.items() if k != "single_seed_default_threads") else 1
 
 
 if __name__ == "__main__":

@@ -86,6 +86,19 @@ def test_sweep_and_matrix_points_on_two_ray_workers_give_the_serial_numbers(matr
     assert ray_matrix == serial_matrix and ray_sweep == serial_sweep
 
 
+def test_threads_flag_pins_numpy_blas_as_a_ray_worker_does():
+    # A Ray worker starts with one BLAS thread; a serial run with --threads 1 must sum in the same order.
+    code = ("from threadpoolctl import threadpool_info\n"
+            "from secure_ai_mnist.model import configure_tensorflow\n"
+            "configure_tensorflow(1)\n"
+            "print(sorted({p['num_threads'] for p in threadpool_info()}))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,  # nosec B603
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[1]"
+
+
 def ray_cli(env, *args):
     ray = shutil.which("ray") or str(os.path.join(os.path.dirname(sys.executable), "ray"))
     return subprocess.run([ray, *args], env=env, capture_output=True, text=True, timeout=180, check=False)  # nosec B603
