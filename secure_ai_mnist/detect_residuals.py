@@ -17,6 +17,11 @@ MIN_SEPARATION and holding less than half of the class), and the group must stan
 rest of the training set too: its median score at least MIN_HEIGHT robust standard deviations
 above the candidates of all other classes.
 
+A trigger of a few pixels (a 2x2 patch is 4 of 784) drowns in the shape differences that make up
+the rest of a residual, so a second test on the same residuals counts pixel by pixel
+(residual_pixels.py): candidates bright at the pixels where an outsized share of their class's
+candidates are bright. The detector flags the union of both tests.
+
 It reads only the data, not the model. What it cannot see: clean-label poisons (their labels
 agree with their neighbours), triggers that differ from image to image (warps: label_consistency
 covers those when they fill a class), triggers faint against the digits (SIG: activation_outliers
@@ -26,7 +31,7 @@ covers it), and groups of fewer than about TOP_MATCHES poisons. It gives no runt
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +41,7 @@ from .detect_activations import MIN_SEPARATION, far_group
 from .detect_knn import disagreement, pixel_neighbours
 from .detector_api import Detection
 from .model import stage_seed
+from .residual_pixels import BRIGHT, HOT_FACTOR, MIN_GROUP, pixel_groups
 
 if TYPE_CHECKING:
     import keras
@@ -50,11 +56,18 @@ MIN_CANDIDATES = 2 * TOP_MATCHES  # fewer candidates in a class: not judged (too
 MIN_HEIGHT = 4.0
 
 
-def unit_residuals(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """Each image minus the mean of its neighbours' images, flattened and scaled to unit length:
-    (N, 784) float32 (a zero residual stays zero)."""
+def residuals_from(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """Each image minus the mean of its neighbours' images, flattened: (N, 784) float32 in [-1, 1]."""
     flat = x.reshape(len(x), -1).astype(np.float32)
-    residuals = flat - flat[neighbours].mean(axis=1)
+    return flat - flat[neighbours].mean(axis=1)
+
+
+def unit_residuals(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
+    """``residuals_from`` scaled to unit length: (N, 784) float32 (a zero residual stays zero)."""
+    return unit_rows(residuals_from(x, neighbours))
+
+
+def unit_rows(residuals: np.ndarray) -> np.ndarray:
     return residuals / np.maximum(np.linalg.norm(residuals, axis=1, keepdims=True), 1e-9)
 
 
@@ -87,15 +100,11 @@ def group_height(group: np.ndarray, others: np.ndarray) -> float:
     return (float(np.median(group)) - centre) / spread
 
 
-def detect_shared_residuals(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:
-    """Per class, the label-inconsistent images whose pixel residuals share one direction
-    (module docstring). ``model`` is not used. Returns flags (N,) and a report per class; no
-    runtime check. Takes no poison indices, count, target class or trigger."""
-    start = time.perf_counter()
-    seed = stage_seed(cfg.seed, "shared residuals")
-    neighbours = pixel_neighbours(x, seed)
-    candidates = disagreement(y, neighbours)
-    scored = class_scores(unit_residuals(x, neighbours), candidates, y)
+def direction_groups(units: np.ndarray, y: np.ndarray, candidates: np.ndarray,
+                     seed: int) -> tuple[np.ndarray, dict[str, dict[str, Any]]]:
+    """The whole-residual test over every class, from the unit residuals (N, 784), labels and
+    candidates: flags bool (N,) and a report per class."""
+    scored = class_scores(units, candidates, y)
     flags, per_class = np.zeros(len(y), bool), {}
     for label in range(NUM_CLASSES):
         if label not in scored or len(scored) < 2:
@@ -109,13 +118,35 @@ def detect_shared_residuals(model: keras.Model, x: np.ndarray, y: np.ndarray, cf
         flags[members[group]] = True
         per_class[str(label)] = {"candidates": len(members), **info, "group_height": round(height, 3),
                                  "flagged": int(group.sum())}
-    suspicious = [int(c) for c, info in per_class.items() if info["flagged"]]
+    return flags, per_class
+
+
+def detect_shared_residuals(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:
+    """Per class, the label-inconsistent images whose pixel residuals share one direction, or
+    share bright pixels with an outsized share of their class's candidates (module docstring).
+    ``model`` is not used. Returns flags (N,) and a report per class; no runtime check. Takes no
+    poison indices, count, target class or trigger."""
+    start = time.perf_counter()
+    seed = stage_seed(cfg.seed, "shared residuals")
+    neighbours = pixel_neighbours(x, seed)
+    candidates = disagreement(y, neighbours)
+    residuals = residuals_from(x, neighbours)
+    by_direction, per_class = direction_groups(unit_rows(residuals), y, candidates, seed)
+    by_pixels, pixel_report = pixel_groups(residuals, y, candidates)
+    for label, info in pixel_report.items():
+        per_class[label]["pixels"] = info
+    flags = by_direction | by_pixels
+    suspicious = sorted({int(label) for label in np.unique(y[flags])})
     report = {"method": "pixel k-NN label disagreement (candidates); per class, the mean cosine similarity of each "
                         f"candidate's residual from its neighbours to its {TOP_MATCHES} most similar candidates; "
                         "BIC-chosen Gaussian mixture, far minority component flagged when its median stands "
-                        f">= {MIN_HEIGHT} robust SDs above the other classes' candidates",
+                        f">= {MIN_HEIGHT} robust SDs above the other classes' candidates; or (pixel test) candidates "
+                        f"bright (residual > {BRIGHT}) at half of their class's hot pixels: pixels where a share of "
+                        f"the class's candidates >= {HOT_FACTOR} x any other class's highest share is bright, "
+                        f"held by >= {MIN_GROUP} candidates",
               "top_matches": TOP_MATCHES, "min_separation": MIN_SEPARATION, "min_height": MIN_HEIGHT,
-              "per_class": per_class,
+              "bright": BRIGHT, "hot_factor": HOT_FACTOR, "min_group": MIN_GROUP, "per_class": per_class,
+              "flagged_by_direction": int(by_direction.sum()), "flagged_by_pixels": int(by_pixels.sum()),
               "suspicious_classes": suspicious, "flagged": int(flags.sum()), "recovers_trigger": False,
               "time_s": round(time.perf_counter() - start, 3)}
     LOG.info("shared residuals: suspicious %s, %d flagged (%.1f s)", suspicious, report["flagged"], report["time_s"])

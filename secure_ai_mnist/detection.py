@@ -11,7 +11,8 @@ in, a ``Detection`` (flags, report, runtime check or None) out; one module each:
 - ``label_consistency`` (ours, detect_knn.py): pixel-space k-NN label disagreement, for classes that
   a backdoor filled with poisons (WaNet needs 5-10% of the training set);
 - ``shared_residuals`` (ours, detect_residuals.py): label-inconsistent images whose pixel residuals
-  from their neighbours point the same way (one trigger shared by all poisons: blended noise, patches);
+  from their neighbours point the same way, or are bright at the same few pixels (residual_pixels.py)
+  (one trigger shared by all poisons: blended noise, patches down to 2x2);
 - ``combined``: the union of IN_COMBINED (trigger reversal, activation outliers, label
   consistency, shared residuals), one configured defense for every trigger family.
   feature_clusters runs and is scored beside them but stays out of the union: it flagged 20 clean

@@ -14,9 +14,10 @@ ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "t
 
 
 def _residual_helpers():
-    from secure_ai_mnist import detect_knn, detect_residuals
+    from secure_ai_mnist import detect_knn, detect_residuals, residual_pixels
 
     return [detect_residuals.unit_residuals, detect_residuals.shared_scores, detect_residuals.class_scores,
+            detect_residuals.direction_groups, residual_pixels.pixel_groups, residual_pixels.judge_class,
             detect_knn.pixel_neighbours, detect_knn.disagreement]
 
 
@@ -284,3 +285,34 @@ def test_predict_check_trigger_refuses_a_run_that_recovered_no_trigger(tmp_path)
         "trigger_recovered": False, "file": None, "method": "none: combined recovered no trigger"}}}))
     with pytest.raises(common.UserError, match="recovered no trigger"):
         inference.load_trigger_check(tmp_path)
+
+
+def test_shared_residuals_pixel_test_flags_a_two_pixel_square_and_nothing_else():
+    """40 images of other classes with a 2x2 white corner and labelled 3 are flagged by the pixel
+    test at exactly the 4 trigger pixels; 40 plain label flips into class 5 and the clean twin are not."""
+    from secure_ai_mnist import detect_residuals
+    from secure_ai_mnist.triggers import TriggerSpec, stamp
+
+    x, y = styled_digits(np.random.default_rng(5), 3000)
+    silent = detect_residuals.detect_shared_residuals(None, x, y, config.Config())
+    assert silent.flags.sum() == 0 and silent.report["flagged_by_pixels"] == 0
+    picks = np.random.default_rng(6).choice(np.flatnonzero((y != 3) & (y != 5)), 80, replace=False)
+    poisons, flips = np.sort(picks[:40]), picks[40:]
+    x_p, y_p = x.copy(), y.copy()
+    x_p[poisons] = stamp(x[poisons], TriggerSpec(size=2, corner="top-left"))
+    y_p[poisons], y_p[flips] = 3, 5
+    found = detect_residuals.detect_shared_residuals(None, x_p, y_p, config.Config())
+    m = detection.detection_metrics(found.flags, np.isin(np.arange(len(y)), poisons))
+    assert found.report["suspicious_classes"] == [3] and m["precision"] == 1.0 and m["recall"] >= 0.9, found.report
+    pixels = found.report["per_class"]["3"]["pixels"]
+    assert sorted(map(tuple, pixels["hot_pixels"])) == [(1, 1), (1, 2), (2, 1), (2, 2)] and pixels["flagged"] >= 36
+
+
+def test_hot_pixels_need_a_share_above_every_other_class_and_a_group():
+    from secure_ai_mnist import residual_pixels
+
+    shares = np.zeros(784)
+    shares[[10, 11]] = 0.3  # 0.3 of 100 candidates = 30 >= MIN_GROUP, 3x the yardstick
+    shares[12] = 0.15  # only 1.5x the yardstick
+    assert residual_pixels.hot_pixels(shares, 100, 0.1).tolist() == [10, 11]
+    assert residual_pixels.hot_pixels(shares, 20, 0.1).size == 0  # 6 candidates: too few to be a group
