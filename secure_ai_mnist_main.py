@@ -112,8 +112,8 @@ FGSM = ("fgsm_eps", "attack_backend")
 PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
 AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
               "stability_limit", "seed")
-DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_clusters", "detect_knn", "residual_pixels",
-                  "detect_residuals", "detect_art", "detector_api", "model", "attacks", "config")
+DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_clusters", "detect_knn",
+                  "detect_residuals", "residual_pixels", "detect_art", "detector_api", "model", "attacks", "config")
 ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
 
 

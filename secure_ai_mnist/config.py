@@ -106,8 +106,8 @@ class Config:
                                              "the penultimate activations), feature_clusters (far, dense groups of "
                                              "conv-feature statistics), label_consistency (pixel k-NN label "
                                              "disagreement), shared_residuals (label-inconsistent images whose pixel "
-                                             "residuals share one direction or bright pixels) or combined (the union of all but "
-                                             "feature_clusters), or one of ART's two "
+                                             "residuals share one direction or bright pixels) or combined (the "
+                                             "union of all but feature_clusters), or one of ART's two "
                                              "reference detectors; all blind",
                          choices=("trigger_reversal", "activation_outliers", "feature_clusters", "label_consistency",
                                   "shared_residuals", "combined",

@@ -62,12 +62,8 @@ def residuals_from(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
     return flat - flat[neighbours].mean(axis=1)
 
 
-def unit_residuals(x: np.ndarray, neighbours: np.ndarray) -> np.ndarray:
-    """``residuals_from`` scaled to unit length: (N, 784) float32 (a zero residual stays zero)."""
-    return unit_rows(residuals_from(x, neighbours))
-
-
 def unit_rows(residuals: np.ndarray) -> np.ndarray:
+    """Each row scaled to unit length (a zero row stays zero)."""
     return residuals / np.maximum(np.linalg.norm(residuals, axis=1, keepdims=True), 1e-9)
 
 

@@ -16,7 +16,7 @@ ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "t
 def _residual_helpers():
     from secure_ai_mnist import detect_knn, detect_residuals, residual_pixels
 
-    return [detect_residuals.unit_residuals, detect_residuals.shared_scores, detect_residuals.class_scores,
+    return [detect_residuals.residuals_from, detect_residuals.shared_scores, detect_residuals.class_scores,
             detect_residuals.direction_groups, residual_pixels.pixel_groups, residual_pixels.judge_class,
             detect_knn.pixel_neighbours, detect_knn.disagreement]
 
