@@ -96,11 +96,10 @@ def quick_run(tmp_path_factory, mnist_dir):
     files before and after, so a test can show it left the committed run alone."""
     base = tmp_path_factory.mktemp("quick")
     # Smaller than quick mode's own subset, so the suite stays fast; the pipeline is the same.
+    # The poison sweep and the matrix run in matrix_run.
     args = ("--quick", "--train-limit", "2000", "--epochs", "2", "--reversal-steps", "100",
             "--defense", "fgsm,fgsm-rs,pgd,robust",
-            "--robust-epochs", "2", "--poison-sweep", "0,20",
-            "--sweep-trigger-sizes", "3", "--data-dir", str(mnist_dir), "--cache-dir",
-            str(base / "cache"))
+            "--robust-epochs", "2", "--data-dir", str(mnist_dir), "--cache-dir", str(base / "cache"))
     before = tracked_file_digests()
     shutil.rmtree(ROOT / "secure_ai_outputs" / "quick", ignore_errors=True)  # no stale files from older code
     proc = run_script(*args, timeout=1500)

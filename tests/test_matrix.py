@@ -63,6 +63,11 @@ def test_matrix_end_to_end_on_a_small_real_subset(matrix_run):
         runtime = point["runtime_check"]
         rates = (runtime["flag_rate_triggered"], runtime["flag_rate_clean"])
         assert all(0 <= r <= 1 for r in rates) if runtime["trigger_recovered"] else rates == (None, None)
+    rows = summary["backdoor"]["sweep"]["rows"]
+    assert sorted(row["poison_count"] for row in rows) == [0, 30]
+    for row in rows:
+        if row["poison_count"] == 0:  # nothing planted: a detector that finds something is no detector
+            assert row["detection"]["flagged"] <= 10, row
     assert (out / "images" / "backdoor_matrix_f1.png").read_bytes().startswith(b"\x89PNG")
     assert "### Backdoor matrix" in (out / "REPORT.md").read_text()
 
