@@ -33,6 +33,10 @@ class DataError(UserError):
     """Missing, corrupt or unverifiable MNIST data."""
 
 
+class TimeBudgetError(UserError):
+    """Work that would pass its time budget on this machine: refused, never shortened."""
+
+
 class AttackBoundError(RuntimeError):
     """An adversarial example left the epsilon ball or the [0, 1] pixel range."""
 

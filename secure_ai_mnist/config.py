@@ -135,8 +135,9 @@ class Config:
     robust_pgd_steps: int = _opt(5, "PGD steps per batch in the robust defense's PGD epochs")
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
                                       "pgd10 (PGD-10) or apgd (APGD-CE, 20 iterations)", choices=("pgd10", "apgd"))
-    robust_budget_min: float = _opt(30.0, "the robust defense stops before an epoch that would pass this many "
-                                          "minutes of training")
+    robust_budget_min: float = _opt(30.0, "minutes of training the robust defense may take: when its first "
+                                          "epochs project the planned epochs past this, the run stops with an "
+                                          "error (the recipe is never cut short)")
     pgd_eps: float = _opt(0.3, "PGD L-infinity budget (evaluation and the per-batch defenses)")
     pgd_step_size: float = _opt(0.01, "PGD step size")
     pgd_steps: int = _opt(40, "PGD iterations")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .attacks import make_linf_attack
-from .common import LOG, NUM_CLASSES
+from .common import LOG, NUM_CLASSES, TimeBudgetError
 from .config import Config
 from .model import build_baseline_cnn, fit_and_record, seed_everything, stage_seed
 
@@ -103,33 +103,84 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     """The robust profile's defense: the seed CNN trained on FGSM-RS examples (Wong et al. 2020:
     random start in the eps ball, one step of 1.25 eps) crafted per batch inside one compiled
     step, with a one-cycle learning rate, eps ramped up over cfg.robust_ramp_epochs, and a
-    guard against catastrophic overfitting: after each epoch, PGD-10 on cfg.robust_holdout
-    training images kept out of training; the weights with the best held-out PGD accuracy at
-    full eps are kept, and training stops when that accuracy collapses (20 points below its
-    best) or when the next epoch would pass cfg.robust_budget_min minutes. With
-    cfg.robust_pgd_epochs, the last epochs train on PGD examples instead, and a collapse during
-    the FGSM-RS epochs restores the best weights and starts the PGD epochs at once.
+    guard against catastrophic overfitting: after each epoch, the guard attack on
+    cfg.robust_holdout training images kept out of training; the weights with the best held-out
+    robust accuracy at full eps are kept, and training stops when that accuracy collapses (20
+    points below its best). With cfg.robust_pgd_epochs, the last epochs train on PGD examples
+    instead, and a collapse during the FGSM-RS epochs restores the best weights and starts the
+    PGD epochs at once. Every planned epoch runs on every machine: when the first FGSM-RS epoch
+    (and again the first PGD epoch) projects the recipe past cfg.robust_budget_min minutes,
+    training raises TimeBudgetError instead of returning a shorter-trained model.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
     and why training stopped)."""
     import keras
-    import tensorflow as tf
-
-    from .attacks import logits_model
 
     seed_everything(stage_seed(cfg.seed, label))
     rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:batches"))
     train_idx, hold_idx = split_holdout(len(x), min(cfg.robust_holdout, len(x) // 5), rng)
-    x_tr, y_tr, x_hold, y_hold = x[train_idx], y[train_idx], x[hold_idx], y[hold_idx]
-    batch = cfg.batch_size
-    steps_per_epoch = -(-len(x_tr) // batch)
+    x_tr, y_tr = x[train_idx], y[train_idx]
+    steps_per_epoch = -(-len(x_tr) // cfg.batch_size)
     model = build_baseline_cnn(cfg.learning_rate)
-    net = logits_model(model)
     optimizer = keras.optimizers.Adam(learning_rate=cyclic_learning_rate(cfg.robust_lr,
                                                                          cfg.robust_epochs * steps_per_epoch))
-    optimizer.build(net.trainable_variables)
-    image = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32)
+    step_fn = robust_step(model, optimizer)
+    guard = holdout_guard(model, x[hold_idx], y[hold_idx], cfg,
+                          np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
+    pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
+    record = robust_record(cfg, len(x_tr), len(hold_idx))
+    best = (-1.0, -1, model.get_weights())
+    stop_reason = "planned epochs done"
+    start = time.perf_counter()
+    for epoch in range(cfg.robust_epochs):
+        t0 = time.perf_counter()
+        loss, accuracy, eps, steps = robust_epoch(step_fn, x_tr, y_tr, rng.permutation(len(x_tr)), cfg, epoch,
+                                                  pgd_from)
+        t1 = time.perf_counter()
+        hold_clean, hold_robust = guard()
+        for key, value in (("loss", loss), ("accuracy", accuracy), ("epoch_eps", eps), ("epoch_steps", steps),
+                           ("holdout_clean", hold_clean), ("holdout_robust", hold_robust),
+                           ("epoch_time_s", round(time.perf_counter() - t0, 3)),
+                           ("guard_time_s", round(time.perf_counter() - t1, 3))):
+            record[key].append(value)
+        LOG.info("%s epoch %d/%d (eps %.3f, %s): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
+                 "%s %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, "PGD-%d" % steps if steps > 1 else
+                 "FGSM-RS", loss, accuracy, hold_clean, cfg.robust_guard, hold_robust, record["epoch_time_s"][-1])
+        if steps not in record["epoch_steps"][:-1]:  # the first epoch of its kind: a new measurement
+            check_budget(record, cfg, pgd_from)
+        full_eps = eps >= cfg.pgd_eps - 1e-9
+        if full_eps and hold_robust > best[0]:
+            best = (hold_robust, epoch, model.get_weights())
+        collapsed = full_eps and best[0] - hold_robust > 0.2
+        if collapsed and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
+            # FGSM-RS has overfitted; PGD examples do not, so go back to the best weights and switch now.
+            model.set_weights(best[2])
+            pgd_from = epoch + 1
+            record["switched_to_pgd_after_epoch"] = epoch + 1
+            LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
+                        "from the next epoch", label, best[0], hold_robust, best[1] + 1)
+        elif collapsed:
+            stop_reason = (f"catastrophic overfitting: held-out robust accuracy fell from {best[0]:.3f} to "
+                           f"{hold_robust:.3f}")
+            LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
+            break
+    if best[1] >= 0:
+        model.set_weights(best[2])
+    record.update(kept_epoch=best[1] + 1, kept_holdout_robust=best[0], stop_reason=stop_reason,
+                  epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
+    return model, record
 
-    scalar = tf.TensorSpec([], tf.float32)
+
+def robust_step(model: keras.Model, optimizer: Any) -> Any:
+    """The compiled training step ``(x, y, eps, step, steps) -> (summed loss, correct count)``:
+    ``steps`` signed-gradient steps of size ``step`` from a uniform random start in the eps ball
+    (pixels kept in [0, 1] and within eps of x), then one optimizer step on those examples."""
+    import tensorflow as tf
+
+    from .attacks import logits_model
+
+    net = logits_model(model)
+    optimizer.build(net.trainable_variables)
+    image, scalar = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32), tf.TensorSpec([], tf.float32)
 
     @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), scalar, scalar, tf.TensorSpec([], tf.int32)])
     def adversarial_step(xb, yb, eps, step, steps):
@@ -148,70 +199,72 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.float32))
         return loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
 
-    guard = holdout_guard(model, x_hold, y_hold, cfg, np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
-    pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
-    record: dict[str, Any] = {"method": "fgsm-rs one-cycle (robust profile)" + (
-                                  f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs"
-                                  if cfg.robust_pgd_epochs else ""), "eps": cfg.pgd_eps,
-                              "step_size": 1.25 * cfg.pgd_eps, "steps": 1, "lr_peak": cfg.robust_lr,
-                              "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
-                              "guard_attack": cfg.robust_guard,
-                              "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(len(x_tr)),
-                              "n_holdout": int(len(x_hold)), "budget_min": cfg.robust_budget_min,
-                              "loss": [], "accuracy": [], "epoch_eps": [], "holdout_clean": [],
-                              "holdout_robust": [], "epoch_time_s": []}
-    best = (-1.0, -1, model.get_weights())
-    stop_reason = "planned epochs done"
-    start = time.perf_counter()
-    for epoch in range(cfg.robust_epochs):
-        t0 = time.perf_counter()
-        order = rng.permutation(len(x_tr))
-        loss_sum = correct = 0.0
-        steps = cfg.robust_pgd_steps if epoch >= pgd_from else 1
-        step = 2.5 / cfg.robust_pgd_steps if epoch >= pgd_from else 1.25  # times eps
-        for i in range(steps_per_epoch):
-            done = (epoch + i / steps_per_epoch) / max(cfg.robust_ramp_epochs, 1e-9)
-            eps = cfg.pgd_eps * min(1.0, done) if cfg.robust_ramp_epochs else cfg.pgd_eps
-            idx = order[i * batch : (i + 1) * batch]
-            step_loss, step_correct = adversarial_step(tf.constant(x_tr[idx]), tf.constant(y_tr[idx], tf.int64),
-                                                       tf.constant(eps, tf.float32), tf.constant(step * eps, tf.float32),
-                                                       tf.constant(steps, tf.int32))
-            loss_sum += float(step_loss)
-            correct += float(step_correct)
-        hold_clean, hold_pgd = guard()
-        for key, value in (("loss", loss_sum / len(x_tr)), ("accuracy", correct / len(x_tr)), ("epoch_eps", eps),
-                           ("holdout_clean", hold_clean), ("holdout_robust", hold_pgd),
-                           ("epoch_time_s", round(time.perf_counter() - t0, 3))):
-            record[key].append(value)
-        LOG.info("%s epoch %d/%d (eps %.3f, %s): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
-                 "%s %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, "PGD-%d" % steps if steps > 1 else
-                 "FGSM-RS", record["loss"][-1], record["accuracy"][-1], hold_clean, cfg.robust_guard, hold_pgd,
-                 record["epoch_time_s"][-1])
-        full_eps = eps >= cfg.pgd_eps - 1e-9
-        if full_eps and hold_pgd > best[0]:
-            best = (hold_pgd, epoch, model.get_weights())
-        collapsed = full_eps and best[0] - hold_pgd > 0.2
-        if collapsed and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
-            # FGSM-RS has overfitted; PGD examples do not, so go back to the best weights and switch now.
-            model.set_weights(best[2])
-            pgd_from = epoch + 1
-            record["switched_to_pgd_after_epoch"] = epoch + 1
-            LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
-                        "from the next epoch", label, best[0], hold_pgd, best[1] + 1)
-        elif collapsed:
-            stop_reason = f"catastrophic overfitting: held-out PGD accuracy fell from {best[0]:.3f} to {hold_pgd:.3f}"
-            LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
-            break
-        elapsed = time.perf_counter() - start
-        if epoch + 1 < cfg.robust_epochs and elapsed + record["epoch_time_s"][-1] > 60 * cfg.robust_budget_min:
-            stop_reason = f"time budget: another epoch would pass {cfg.robust_budget_min} min"
-            LOG.warning("%s: stopping after epoch %d, %s", label, epoch + 1, stop_reason)
-            break
-    if best[1] >= 0:
-        model.set_weights(best[2])
-    record.update(kept_epoch=best[1] + 1, kept_holdout_robust=best[0], stop_reason=stop_reason,
-                  epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
-    return model, record
+    return adversarial_step
+
+
+def robust_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, cfg: Config, epoch: int,
+                 pgd_from: int) -> tuple[float, float, float, int]:
+    """One epoch of ``robust_step`` over (x, y) in ``order``: FGSM-RS before epoch ``pgd_from``,
+    PGD-cfg.robust_pgd_steps from it; eps ramps linearly per batch over cfg.robust_ramp_epochs.
+    Returns (mean adversarial loss, adversarial accuracy, the last batch's eps, attack steps)."""
+    import tensorflow as tf
+
+    batch = cfg.batch_size
+    steps_per_epoch = -(-len(x) // batch)
+    steps = cfg.robust_pgd_steps if epoch >= pgd_from else 1
+    step = 2.5 / cfg.robust_pgd_steps if epoch >= pgd_from else 1.25  # times eps
+    loss_sum = correct = eps = 0.0
+    for i in range(steps_per_epoch):
+        done = (epoch + i / steps_per_epoch) / max(cfg.robust_ramp_epochs, 1e-9)
+        eps = cfg.pgd_eps * min(1.0, done) if cfg.robust_ramp_epochs else cfg.pgd_eps
+        idx = order[i * batch : (i + 1) * batch]
+        step_loss, step_correct = step_fn(tf.constant(x[idx]), tf.constant(y[idx], tf.int64),
+                                          tf.constant(eps, tf.float32), tf.constant(step * eps, tf.float32),
+                                          tf.constant(steps, tf.int32))
+        loss_sum += float(step_loss)
+        correct += float(step_correct)
+    return loss_sum / len(x), correct / len(x), eps, steps
+
+
+def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
+    """The robust defense's training record before its first epoch: the recipe and empty per-epoch lists."""
+    method = "fgsm-rs one-cycle (robust profile)" + (
+        f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "")
+    return {"method": method, "eps": cfg.pgd_eps, "step_size": 1.25 * cfg.pgd_eps, "steps": 1,
+            "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
+            "guard_attack": cfg.robust_guard, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),
+            "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
+            "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
+            "guard_time_s": [], "projected_min": []}
+
+
+def projected_minutes(record: dict[str, Any], cfg: Config, pgd_from: int) -> float:
+    """The whole recipe's projected training minutes from the epochs measured so far: each planned
+    epoch costs the last measured epoch with the same attack steps; a PGD-k epoch not yet measured
+    costs the FGSM-RS epoch's training time times (k + 1) / 2 (k attack gradients and one training
+    step against one and one) plus its measured guard time."""
+    measured = dict(zip(record["epoch_steps"], zip(record["epoch_time_s"], record["guard_time_s"], strict=True)))
+    fgsm_total, fgsm_guard = measured.get(1, next(iter(measured.values())))
+    pgd_steps = cfg.robust_pgd_steps
+    pgd_epoch = measured.get(pgd_steps, (None, None))[0]
+    if pgd_epoch is None:
+        pgd_epoch = (fgsm_total - fgsm_guard) * (pgd_steps + 1) / 2 + fgsm_guard
+    n_pgd = cfg.robust_epochs - pgd_from
+    return (pgd_from * fgsm_total + n_pgd * pgd_epoch) / 60.0
+
+
+def check_budget(record: dict[str, Any], cfg: Config, pgd_from: int) -> None:
+    """Raise TimeBudgetError when the projected recipe (``projected_minutes``) passes
+    cfg.robust_budget_min; the recipe is never shortened to fit, so no machine gets a weaker model."""
+    projected = projected_minutes(record, cfg, pgd_from)
+    record["projected_min"].append(round(projected, 2))
+    if projected > cfg.robust_budget_min:
+        raise TimeBudgetError(
+            f"the robust defense's {cfg.robust_epochs} epochs would take about {projected:.0f} min of training on this "
+            f"machine (measured after epoch {len(record['loss'])}), over --robust-budget-min {cfg.robust_budget_min:g}; "
+            f"rerun with --robust-budget-min {int(projected * 1.15) + 1} (training is refused, never cut short)")
+    LOG.info("robust defense: %d epochs projected at %.1f min of training (budget %g min)", cfg.robust_epochs,
+             projected, cfg.robust_budget_min)
 
 
 def holdout_guard(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,

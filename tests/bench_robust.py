@@ -4,8 +4,9 @@
     python tests/bench_robust.py --out robust_bench.json [--restarts 3] [--pgd-limit 0] [--model-in M.keras]
         [flags of the main script, e.g. --autoattack-targets 9 --square-limit 1000]
 
-Trains the robust profile's defense (``--defense robust``) on the full MNIST training set
-under its time budget (or loads ``--model-in``), then measures on the test set: clean
+Trains the robust profile's defense (``--defense robust``) on the full MNIST training set,
+every planned epoch (it stops with an error when its first epochs project past
+``--robust-budget-min``), or loads ``--model-in``, then measures on the test set: clean
 accuracy, white-box FGSM, white-box PGD-40 (eps 0.3, step 0.01, random starts; a sample
 counts as robust only if it survives every start) and AutoAttack on the same images (APGD-CE
 and APGD-T on all of them, Square on the first --square-limit). Writes one JSON with the

@@ -95,6 +95,29 @@ def test_robust_pgd_phase_and_apgd_guard_are_recorded():
         config.Config(robust_pgd_epochs=-1)
 
 
+def test_robust_training_refuses_a_budget_it_cannot_hold_and_never_shortens_the_recipe(caplog):
+    x, y = synthetic_digits(np.random.default_rng(5), 200)
+    recipe = dict(batch_size=64, robust_epochs=3, robust_ramp_epochs=0, robust_holdout=40, robust_pgd_epochs=1,
+                  robust_pgd_steps=3, robust_guard="pgd10")
+    assert issubclass(common.TimeBudgetError, common.UserError)  # one error line and exit code 2, no traceback
+    with pytest.raises(common.TimeBudgetError, match=r"would take about .* over --robust-budget-min 1e-05; rerun"):
+        defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_budget_min=1e-5), "robust", "budget")
+    _, record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe), "robust", "budget")
+    assert record["epochs_run"] == 3 and record["stop_reason"] == "planned epochs done"
+    assert record["epoch_steps"] == [1, 1, 3]
+    assert len(record["projected_min"]) == 2  # measured after the first FGSM-RS and the first PGD epoch
+    assert all(0 < minutes < 30 for minutes in record["projected_min"])
+
+
+def test_projected_minutes_scale_unmeasured_pgd_epochs_by_their_gradient_count():
+    cfg = config.Config(robust_epochs=10, robust_pgd_epochs=4, robust_pgd_steps=5)
+    record = {"epoch_steps": [1], "epoch_time_s": [70.0], "guard_time_s": [10.0]}
+    # 6 FGSM-RS epochs of 70 s; 4 PGD-5 epochs of 60 s x (5 + 1) / 2 + 10 s guard = 190 s
+    assert defenses.projected_minutes(record, cfg, pgd_from=6) == pytest.approx((6 * 70 + 4 * 190) / 60)
+    record = {"epoch_steps": [1, 5], "epoch_time_s": [70.0, 250.0], "guard_time_s": [10.0, 10.0]}
+    assert defenses.projected_minutes(record, cfg, pgd_from=6) == pytest.approx((6 * 70 + 4 * 250) / 60)
+
+
 def test_robust_profile_presets_and_explicit_flags_win():
     cfg = config.parse_config(["--profile", "robust"])
     assert cfg.per_batch_defenses == ("robust",) and cfg.pgd_limit == 0 and cfg.pgd_restarts == 3
