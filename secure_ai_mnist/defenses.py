@@ -5,14 +5,15 @@ Wong et al. 2020; PGD, Madry et al. 2018)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .attacks import make_linf_attack
-from .common import LOG, NUM_CLASSES, TimeBudgetError
+from .common import LOG, TimeBudgetError
 from .config import Config
-from .model import build_baseline_cnn, fit_and_record, seed_everything, stage_seed
+from .model import build_baseline_cnn, seed_everything, stage_seed
 
 if TYPE_CHECKING:
     import keras
@@ -39,41 +40,51 @@ def train_per_batch_adversarial(
     x: np.ndarray, y: np.ndarray, cfg: Config, method: str, label: str
 ) -> tuple[keras.Model, dict[str, Any]]:
     """A fresh seed CNN trained only on adversarial examples (eps = cfg.pgd_eps, random start)
-    crafted for each batch against the model's current weights. Returns (model, training record).
-    ``method`` "robust" is the robust profile's recipe (``train_robust``)."""
+    crafted for each batch against the model's weights at that very step, inside one compiled
+    step (``robust_step``), with Adam at cfg.learning_rate for cfg.epochs. Deterministic for a
+    seed. Returns (model, training record). ``method`` "robust" is the robust profile's recipe
+    (``train_robust``)."""
     import keras
-    import tensorflow as tf
 
     if method == "robust":
         return train_robust(x, y, cfg, label)
     seed_everything(stage_seed(cfg.seed, label))
     rng = np.random.default_rng(stage_seed(cfg.seed, f"{label}:batches"))
     model = build_baseline_cnn(cfg.learning_rate)
-    attack = make_linf_attack(model)
+    step_fn = robust_step(model, keras.optimizers.Adam(learning_rate=cfg.learning_rate))
     step, steps = attack_schedule(method, cfg)
-    eps, batch = cfg.pgd_eps, cfg.batch_size
-    consts = (tf.constant(eps, tf.float32), tf.constant(step, tf.float32), tf.constant(steps, tf.int32))
+    record: dict[str, Any] = {"loss": [], "accuracy": []}
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        loss, accuracy, _ = adversarial_epoch(step_fn, x, y, rng.permutation(len(x)), cfg.batch_size,
+                                              lambda _: cfg.pgd_eps, step / cfg.pgd_eps, steps)
+        record["loss"].append(loss)
+        record["accuracy"].append(accuracy)
+        LOG.info("%s epoch %d/%d: adversarial loss %.4f, accuracy %.4f (%.1f s)", label, epoch + 1, cfg.epochs, loss,
+                 accuracy, time.perf_counter() - t0)
+    return model, {**record, "train_time_s": round(time.perf_counter() - start, 3), "n_train": int(len(x)),
+                   "method": method, "eps": cfg.pgd_eps, "step_size": step, "steps": steps}
 
-    class AdversarialBatches(keras.utils.PyDataset):
-        def __init__(self) -> None:
-            super().__init__(workers=1, use_multiprocessing=False)
-            self.order = rng.permutation(len(x))
 
-        def __len__(self) -> int:
-            return -(-len(x) // batch)
+def adversarial_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int,
+                      eps_at: Callable[[float], float], step_ratio: float, steps: int) -> tuple[float, float, float]:
+    """One epoch of ``robust_step`` over (x, y) in ``order``, batch by batch: batch i attacked at
+    eps_at(i / batches per epoch) with ``steps`` steps of step_ratio * eps. Returns (mean
+    adversarial loss, adversarial accuracy, the last batch's eps)."""
+    import tensorflow as tf
 
-        def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-            idx = self.order[i * batch : (i + 1) * batch]
-            xb, yb = x[idx], y[idx]
-            x0 = np.clip(xb + rng.uniform(-eps, eps, size=xb.shape).astype(np.float32), 0.0, 1.0)
-            x_adv = attack.perturb(tf.constant(xb), tf.constant(yb, tf.int64), tf.constant(x0), *consts)
-            return x_adv.numpy(), keras.utils.to_categorical(yb, NUM_CLASSES)
-
-        def on_epoch_end(self) -> None:
-            self.order = rng.permutation(len(x))
-
-    record = fit_and_record(model, cfg, label, len(x), x=AdversarialBatches())
-    return model, {**record, "method": method, "eps": eps, "step_size": step, "steps": steps}
+    batches = -(-len(x) // batch_size)
+    loss_sum = correct = eps = 0.0
+    for i in range(batches):
+        eps = eps_at(i / batches)
+        idx = order[i * batch_size : (i + 1) * batch_size]
+        step_loss, step_correct = step_fn(tf.constant(x[idx]), tf.constant(y[idx], tf.int64),
+                                          tf.constant(eps, tf.float32), tf.constant(step_ratio * eps, tf.float32),
+                                          tf.constant(steps, tf.int32))
+        loss_sum += float(step_loss)
+        correct += float(step_correct)
+    return loss_sum / len(x), correct / len(x), eps
 
 
 def cyclic_learning_rate(peak: float, total_steps: int) -> Any:
@@ -207,23 +218,15 @@ def robust_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, 
     """One epoch of ``robust_step`` over (x, y) in ``order``: FGSM-RS before epoch ``pgd_from``,
     PGD-cfg.robust_pgd_steps from it; eps ramps linearly per batch over cfg.robust_ramp_epochs.
     Returns (mean adversarial loss, adversarial accuracy, the last batch's eps, attack steps)."""
-    import tensorflow as tf
-
-    batch = cfg.batch_size
-    steps_per_epoch = -(-len(x) // batch)
     steps = cfg.robust_pgd_steps if epoch >= pgd_from else 1
-    step = 2.5 / cfg.robust_pgd_steps if epoch >= pgd_from else 1.25  # times eps
-    loss_sum = correct = eps = 0.0
-    for i in range(steps_per_epoch):
-        done = (epoch + i / steps_per_epoch) / max(cfg.robust_ramp_epochs, 1e-9)
-        eps = cfg.pgd_eps * min(1.0, done) if cfg.robust_ramp_epochs else cfg.pgd_eps
-        idx = order[i * batch : (i + 1) * batch]
-        step_loss, step_correct = step_fn(tf.constant(x[idx]), tf.constant(y[idx], tf.int64),
-                                          tf.constant(eps, tf.float32), tf.constant(step * eps, tf.float32),
-                                          tf.constant(steps, tf.int32))
-        loss_sum += float(step_loss)
-        correct += float(step_correct)
-    return loss_sum / len(x), correct / len(x), eps, steps
+    step_ratio = 2.5 / cfg.robust_pgd_steps if epoch >= pgd_from else 1.25
+
+    def eps_at(progress: float) -> float:
+        if not cfg.robust_ramp_epochs:
+            return cfg.pgd_eps
+        return cfg.pgd_eps * min(1.0, (epoch + progress) / cfg.robust_ramp_epochs)
+
+    return (*adversarial_epoch(step_fn, x, y, order, cfg.batch_size, eps_at, step_ratio, steps), steps)
 
 
 def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:

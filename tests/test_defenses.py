@@ -44,6 +44,11 @@ def test_per_batch_training_runs_and_records_its_attack(method):
     assert record["method"] == method and record["n_train"] == 192 and len(record["loss"]) == 1
     assert np.isfinite(record["loss"][0])
     assert model.predict_on_batch(x[:4]).shape == (4, 10)
+    # Same seed, same model: the examples are crafted inside the training step, so no input
+    # pipeline running ahead of the weights can change them (Keras's prefetching did).
+    again, _ = defenses.train_per_batch_adversarial(x, y, cfg, method, f"test_{method}")
+    for ours, theirs in zip(model.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(ours, theirs)
 
 
 def test_quick_run_covers_every_defense(quick_run):
