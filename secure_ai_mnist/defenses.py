@@ -263,8 +263,9 @@ def check_budget(record: dict[str, Any], cfg: Config, pgd_from: int) -> None:
     record["projected_min"].append(round(projected, 2))
     if projected > cfg.robust_budget_min:
         raise TimeBudgetError(
-            f"the robust defense's {cfg.robust_epochs} epochs would take about {projected:.1f} min of training on this "
-            f"machine (measured after epoch {len(record['loss'])}), over --robust-budget-min {cfg.robust_budget_min:g}; "
+            f"the robust defense's {cfg.robust_epochs} epochs would take about {projected:.1f} min of training on "
+            f"this machine (measured after epoch {len(record['loss'])}), over --robust-budget-min "
+            f"{cfg.robust_budget_min:g}; "
             f"rerun with --robust-budget-min {int(projected * 1.15) + 1} (training is refused, never cut short)")
     LOG.info("robust defense: %d epochs projected at %.1f min of training (budget %g min)", cfg.robust_epochs,
              projected, cfg.robust_budget_min)
