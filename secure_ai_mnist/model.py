@@ -112,7 +112,7 @@ def train_cnn(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[ke
     seed_everything(stage_seed(cfg.seed, label))
     model = build_baseline_cnn(cfg.learning_rate)
     batches = shuffled_batches(x, keras.utils.to_categorical(y, NUM_CLASSES), cfg.batch_size)
-    return model, fit_and_record(model, cfg, label, len(x), x=batches, shuffle=False)  # batches shuffle
+    return model, fit_and_record(model, cfg, label, len(x), x=batches, shuffle=False)  # already shuffled
 
 
 def shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:
