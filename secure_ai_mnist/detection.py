@@ -102,6 +102,11 @@ def run_detectors(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
     return rows, info
 
 
+def selected_flags(cfg: Config, detection: tuple[np.ndarray, dict[str, Any]]) -> np.ndarray:
+    """The flags of the detector named by cfg.detector (never chosen by its score)."""
+    return detection[0][DETECTORS.index(cfg.detector)].astype(bool)
+
+
 def runtime_trigger_check(info: dict[str, Any], detector: str) -> TriggerCheck | None:
     """The runtime check of ``detector`` from run_detectors' report, or None when that
     detector recovers no trigger."""

@@ -18,6 +18,7 @@ are cached with ``StageInputs.cached_model``, keyed by the stage's key plus thei
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import inspect
 import signal
@@ -39,6 +40,22 @@ if TYPE_CHECKING:
 PRESENTATION_MODULES = frozenset({"report", "report_backdoor", "summary_schema", "checks", "provenance", "plots",
                                   "inference"})
 CACHE_KINDS = (None, "model", "arrays")
+
+
+# The configuration fields each kind of stage reads (its ``config``), shared by the pipeline's
+# declarations in the entry script and in point_stages.py.
+TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
+TRIGGER = ("poison_count", "target_class", "backdoor", "trigger_size", "trigger_margin", "trigger_corner",
+           "trigger_position", "trigger_pattern", "blend_alpha", "sig_amplitude", "sig_frequency", "sig_clean_label",
+           "wanet_grid", "wanet_strength", "wanet_noise", "wanet_cross_ratio", "seed")
+DETECT = ("reversal_steps", "detection_fraction", "seed")
+FGSM = ("fgsm_eps", "attack_backend")
+PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
+AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
+              "stability_limit", "seed")
+DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_clusters", "detect_knn",
+                  "detect_residuals", "residual_pixels", "detect_art", "detector_api", "model", "attacks", "config")
+ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
 
 
 @dataclass(frozen=True)
