@@ -55,7 +55,9 @@ AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queri
               "stability_limit", "seed")
 DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_clusters", "detect_knn",
                   "detect_residuals", "residual_pixels", "detect_art", "detector_api", "model", "attacks", "config")
-ROBUST = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("robust_"))
+# The time budget may refuse a run but never changes the model it trains, so it is no part of the key.
+ROBUST = tuple(f.name for f in dataclasses.fields(Config)
+               if f.name.startswith("robust_") and f.name != "robust_budget_min")
 
 
 @dataclass(frozen=True)

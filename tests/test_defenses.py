@@ -169,3 +169,11 @@ def test_silhouette_analysis_flags_only_a_small_well_separated_cluster(rng):
     np.testing.assert_array_equal(flagged[0], np.arange(100) >= 90)
     assert not flagged[1].any() and not flagged[2].any()
     assert [r["suspicious"] for r in report] == [True, False, False]
+
+
+def test_the_time_budget_is_no_part_of_the_robust_defense_key():
+    import secure_ai_mnist_main as main
+
+    stage = next(s for s in main.pipeline(config.Config(defense="fgsm,robust")) if s.name == "defense_robust")
+    assert "robust_epochs" in stage.config and "robust_pgd_steps" in stage.config
+    assert "robust_budget_min" not in stage.config  # it refuses a run, never changes the model
