@@ -56,11 +56,13 @@ def main() -> int:
     configure_tensorflow(cfg.threads)
     x_train, y_train = to_model_input(data.x_train), data.y_train
     x_test, y_test = to_model_input(data.x_test), data.y_test
-    started = time.time()
+    started, model_file = time.time(), None
     if args.model_in:
         model, record = keras.models.load_model(args.model_in, safe_mode=True), {"loaded_from": str(args.model_in)}
     else:
         model, record = train_robust(x_train, y_train, cfg, "defense_robust")
+    # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in.
+        model_file = save_model(model, args.model_out) if args.model_out else None
     rng = np.random.default_rng(cfg.seed)
     idx = sample_subset(len(y_test), args.pgd_limit, rng)
     clean = accuracy(model, x_test, y_test, cfg.attack_batch_size)
@@ -75,8 +77,8 @@ def main() -> int:
                              "square_queries": cfg.square_queries, "square_limit": cfg.square_limit, **robust},
               "wall_s": round(time.time() - started, 1), "config": cfg.to_json(),
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}}
-    if args.model_out:
-        result["model_file"] = save_model(model, args.model_out)
+    if model_file:
+        result["model_file"] = model_file
     args.out.write_text(json.dumps(result, indent=2))
     print(f"robust defense: clean {clean:.4f}, FGSM white-box {fgsm:.4f}, PGD-{cfg.pgd_steps} x{cfg.pgd_restarts} "
           f"{pgd['robust_accuracy']:.4f} on {pgd['n']}, AutoAttack {robust['robust_accuracy']:.4f} "
