@@ -61,7 +61,7 @@ def main() -> int:
         model, record = keras.models.load_model(args.model_in, safe_mode=True), {"loaded_from": str(args.model_in)}
     else:
         model, record = train_robust(x_train, y_train, cfg, "defense_robust")
-    # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in.
+        # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in.
         model_file = save_model(model, args.model_out) if args.model_out else None
     rng = np.random.default_rng(cfg.seed)
     idx = sample_subset(len(y_test), args.pgd_limit, rng)
