@@ -440,7 +440,7 @@ def pipeline(cfg: Config) -> list[Stage]:
                 modules=("attacks", "evaluation", "config"), cache="arrays", label=f"eps curve of {n}")
           for n in attacked if n != "poisoned"),
         *(Stage(f"autoattack:{n}", autoattack_against(n), reads=("data", "pgd_subset", n), config=AUTOATTACK,
-                modules=("autoattack", "attacks"), cache="arrays", label=f"AutoAttack vs {n}") for n in attacked),
+                modules=("autoattack", "fab", "attacks"), cache="arrays", label=f"AutoAttack vs {n}") for n in attacked),
         Stage("robustness", robustness(attacked), title="robustness: transfer tables, accuracy vs eps",
               reads=("data", "pgd_subset", *attacked, *(f"pgd:{n}" for n in attacked),
                      *(f"eps_curve:{n}" for n in attacked if n != "poisoned"))),

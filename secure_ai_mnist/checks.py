@@ -70,20 +70,21 @@ def attack_failure_checks(name: str, result: dict[str, Any], transfer: dict[str,
     """Indicators of attack failure (Carlini et al. 2019; Pintor et al. 2022) for one model's
     AutoAttack result: attack strength order, Square against the white-box attacks, convergence
     when the iterations double, and zero input gradients. passed None = not applicable."""
+    every = result.get("whitebox_all", result)  # the white-box figures on all the PGD images, as FGSM and PGD
     order = {"fgsm": transfer["fgsm"][name][name], "pgd": transfer["pgd"][name][name],
-             "apgd_ce": result["per_attack"]["apgd_ce"], "autoattack": result["robust_accuracy"]}
+             "apgd_ce": every["per_attack"]["apgd_ce"], "whitebox_ensemble": every["per_attack"]["fab_t"]}
     values = list(order.values())
     checks = {f"attack_strength_order_{name}": {
-        "description": f"{name}: FGSM >= PGD >= APGD-CE >= AutoAttack accuracy on the same images",
+        "description": f"{name}: FGSM >= PGD >= APGD-CE >= APGD-CE + APGD-T + FAB-T accuracy on the same images",
         "passed": all(a >= b for a, b in zip(values, values[1:])), **{f"{k}_accuracy": v for k, v in order.items()}}}
-    square = result["per_attack"].get("square")
-    if square is not None:
-        drop = square["accuracy_before"] - square["accuracy_after"]
+    attacks = result["per_attack"]
+    if "square" in attacks:
+        drop = attacks["fab_t"] - attacks["square"]
         checks[f"square_not_stronger_than_whitebox_{name}"] = {
             "description": f"{name}: black-box Square lowers the white-box attacks' accuracy by at most 0.5 points "
                            "(more means the gradients mislead the white-box attacks)",
-            "passed": None if square["accuracy_before"] == 0 else drop <= 0.005, "drop_points": 100 * drop,
-            "n": square["n"]}
+            "passed": None if attacks["fab_t"] == 0 else drop <= 0.005, "drop_points": 100 * drop,
+            "n": result["n"]}
     stability = result["checks"]["stability"]
     if stability["n"]:
         move = abs(stability["accuracy"][1] - stability["accuracy"][0])

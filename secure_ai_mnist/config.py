@@ -144,14 +144,16 @@ class Config:
     pgd_restarts: int = _opt(1, "PGD random starts; a sample is robust only if it survives all of them")
     pgd_limit: int = _opt(1000, "test images attacked with PGD (and the transfer table), drawn without "
                                 "replacement (0 = all)")
-    autoattack_iters: int = _opt(100, "iterations of each APGD run in the AutoAttack evaluation (APGD-CE, then "
-                                      "targeted APGD-DLR per target class)")
-    autoattack_targets: int = _opt(9, "target classes of targeted APGD-DLR: the top-k other classes by the clean "
+    autoattack_iters: int = _opt(100, "iterations of each APGD and FAB run in the AutoAttack evaluation (APGD-CE, "
+                                      "then targeted APGD-DLR and targeted FAB per target class)")
+    autoattack_targets: int = _opt(9, "target classes of APGD-T and FAB-T: the top-k other classes by the clean "
                                       "logits (9 = all, AutoAttack's standard; --profile robust uses 5: on its model targets 6-9 "
                                       "found no further point on all 10,000 test images)")
     square_queries: int = _opt(5000, "queries of the black-box Square attack in the AutoAttack evaluation "
                                      "(0 = skip Square)")
-    square_limit: int = _opt(1000, "the first this many PGD images also get the Square attack")
+    square_limit: int = _opt(0, "Square attacks only the first this many PGD images (0 = all of them, AutoAttack's "
+                                "standard); the headline robust accuracy is then on these images alone, and the "
+                                "white-box figures on all PGD images are reported apart, as an upper bound")
     stability_limit: int = _opt(1000, "the first this many PGD images are attacked again with twice the APGD "
                                      "iterations, to check that the robust accuracy has converged (0 = skip)")
     curve_limit: int = _opt(300, "the first this many PGD images are used for the accuracy-vs-eps curves (0 = all of them)")
@@ -211,7 +213,7 @@ class Config:
             (self.autoattack_iters >= 1, "--autoattack-iters must be >= 1"),
             (1 <= self.autoattack_targets <= NUM_CLASSES - 1, "--autoattack-targets must be between 1 and 9"),
             (self.square_queries >= 0, "--square-queries must be >= 0 (0 = no Square attack)"),
-            (self.square_limit >= 0, "--square-limit must be >= 0"),
+            (self.square_limit >= 0, "--square-limit must be >= 0 (0 = all PGD images)"),
             (self.stability_limit >= 0, "--stability-limit must be >= 0 (0 = skip)"),
             (self.curve_limit >= 0, "--curve-limit must be >= 0 (0 = all PGD images)"),
             (self.attack_batch_size >= 1, "--attack-batch-size must be >= 1"),

@@ -87,9 +87,14 @@ def test_ensemble_is_cumulative_and_worst_case(tiny_model, probe):
                  stability_limit=30)
     robust, info = autoattack.autoattack(tiny_model, x, y, cfg, np.random.default_rng(1), "tiny")
     after = info["per_attack"]
-    assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= info["robust_accuracy"]
-    assert info["robust_accuracy"] == pytest.approx(robust.mean())
-    assert after["square"]["accuracy_after"] <= after["square"]["accuracy_before"]
+    assert list(after) == ["clean", "apgd_ce", "apgd_t", "fab_t", "square"]
+    assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= after["fab_t"] >= after["square"]
+    # The headline and every per-attack figure are on the same 40 images, where all four attacks ran.
+    assert info["n"] == 40 and robust.shape == (40,)
+    assert info["robust_accuracy"] == pytest.approx(robust.mean()) == after["square"]
+    every = info["whitebox_all"]
+    assert every["n"] == len(y) and "square" not in every["per_attack"]
+    assert every["robust_accuracy"] == every["per_attack"]["fab_t"] <= every["per_attack"]["apgd_t"]
     low, high = info["ci95"]
     assert low <= info["robust_accuracy"] <= high
     stability = info["checks"]["stability"]
@@ -116,13 +121,24 @@ def test_wilson_interval():
 
 def test_failure_checks_flag_a_weaker_stronger_attack():
     transfer = {"fgsm": {"m": {"m": 0.5}}, "pgd": {"m": {"m": 0.6}}}  # PGD weaker than FGSM: a failed attack
-    result = {"robust_accuracy": 0.4, "per_attack": {"apgd_ce": 0.45, "square": {
-        "n": 100, "accuracy_before": 0.4, "accuracy_after": 0.3}},
-        "checks": {"zero_gradient_share": 0.2, "stability": {"n": 10, "accuracy": [0.4, 0.3]}}}
+    result = {"robust_accuracy": 0.3, "n": 100, "per_attack": {"apgd_ce": 0.45, "apgd_t": 0.42, "fab_t": 0.4,
+                                                                "square": 0.3},
+              "checks": {"zero_gradient_share": 0.2, "stability": {"n": 10, "accuracy": [0.4, 0.3]}}}
     checks = failure.attack_failure_checks("m", result, transfer)
     assert checks["attack_strength_order_m"]["passed"] is False
     assert checks["square_not_stronger_than_whitebox_m"]["passed"] is False
     assert checks["attack_converged_m"]["passed"] is False
     assert checks["no_zero_gradients_m"]["passed"] is False
-    result["per_attack"]["square"]["accuracy_before"] = 0.0
+    result["per_attack"].update(fab_t=0.0, square=0.0)
     assert failure.attack_failure_checks("m", result, transfer)["square_not_stronger_than_whitebox_m"]["passed"] is None
+
+
+def test_square_limit_zero_means_every_image_and_no_upper_bound_is_split_off(tiny_model, probe):
+    x, y = probe
+    cfg = Config(pgd_eps=EPS, autoattack_iters=5, autoattack_targets=1, square_queries=20, square_limit=0,
+                 stability_limit=0)
+    robust, info = autoattack.autoattack(tiny_model, x[:60], y[:60], cfg, np.random.default_rng(1), "tiny")
+    assert info["n"] == 60 and robust.shape == (60,) and "whitebox_all" not in info
+    off = autoattack.autoattack(tiny_model, x[:60], y[:60], Config(pgd_eps=EPS, autoattack_iters=5, autoattack_targets=1,
+                                square_queries=0, square_limit=10, stability_limit=0), np.random.default_rng(1), "t")[1]
+    assert off["n"] == 60 and "square" not in off["per_attack"]  # no Square: nothing to split by

@@ -55,9 +55,13 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
     assert robust["subset_sha256"] == summary["pgd"]["subset_sha256"]
     for name, result in robust["per_model"].items():
         after = result["per_attack"]
-        assert result["n"] == 200 and result["ci95"][0] <= result["robust_accuracy"] <= result["ci95"][1]
+        # Quick mode's Square covers the first 50 PGD images: the headline is on those 50, and the
+        # white-box figures on all 200 are kept apart.
+        assert result["n"] == 50 and result["whitebox_all"]["n"] == 200
+        assert result["ci95"][0] <= result["robust_accuracy"] <= result["ci95"][1]
         # each attack runs on the survivors of the one before: accuracy can only fall
-        assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= result["robust_accuracy"], name
+        assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= after["fab_t"] >= after["square"], name
+        assert after["square"] == result["robust_accuracy"], name
         assert f"attack_strength_order_{name}" in summary["sanity_checks"]
     assert "| AutoAttack acc" in summary["results_table"]
 
