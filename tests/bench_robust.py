@@ -1,16 +1,19 @@
 #!/usr/bin/env python3
 """Robust-profile benchmark (run by hand, never collected by pytest).
 
-    python tests/bench_robust.py --out robust_bench.json [--restarts 3] [--pgd-limit 0] [--model-in M.keras]
-        [flags of the main script, e.g. --autoattack-targets 9 --square-limit 1000]
+    python tests/bench_robust.py --out robust_bench.json [--restarts 3] [--pgd-limit 0] [--model-out M.keras]
+        [--model-in M.keras --training-json T.json] [--figure F.png]
+        [flags of the main script, e.g. --autoattack-targets 5 --square-limit 1000]
 
 Trains the robust profile's defense (``--defense robust``) on the full MNIST training set,
 every planned epoch (it stops with an error when its first epochs project past
 ``--robust-budget-min``), or loads ``--model-in``, then measures on the test set: clean
 accuracy, white-box FGSM, white-box PGD-40 (eps 0.3, step 0.01, random starts; a sample
-counts as robust only if it survives every start) and AutoAttack on the same images (APGD-CE
-and APGD-T on all of them, Square on the first --square-limit). Writes one JSON with the
-training record and every number.
+counts as robust only if it survives every start) and AutoAttack on the same images (APGD-CE,
+APGD-T and FAB-T, then Square; with --square-limit N the headline is on the first N images and
+the white-box figures on all of them are kept apart). Writes one JSON with the training record
+and every number, and with --figure the robust accuracy against training compute beside the
+published anchors.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ def main() -> int:
     parser.add_argument("--pgd-limit", type=int, default=0, help="test images for PGD (0 = all 10,000)")
     parser.add_argument("--model-out", type=Path, default=None, help="also save the trained model here")
     parser.add_argument("--model-in", type=Path, default=None, help="evaluate this saved model instead of training")
+    parser.add_argument("--training-json", type=Path, default=None,
+                        help="with --model-in: the JSON of the run that trained it, whose training record is kept")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="also draw robust accuracy against training compute, beside the published anchors")
     args, rest = parser.parse_known_args()
 
     import keras
@@ -59,6 +66,8 @@ def main() -> int:
     started, model_file = time.time(), None
     if args.model_in:
         model, record = keras.models.load_model(args.model_in, safe_mode=True), {"loaded_from": str(args.model_in)}
+        if args.training_json:
+            record = {**json.loads(args.training_json.read_text())["training"], **record}
     else:
         model, record = train_robust(x_train, y_train, cfg, "defense_robust")
         # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in.
@@ -79,6 +88,8 @@ def main() -> int:
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}}
     if model_file:
         result["model_file"] = model_file
+    if args.figure and "epochs_run" in record:
+        result["figure"] = robust_vs_compute_figure(record, robust, args.figure)
     args.out.write_text(json.dumps(result, indent=2))
     print(f"robust defense: clean {clean:.4f}, FGSM white-box {fgsm:.4f}, PGD-{cfg.pgd_steps} x{cfg.pgd_restarts} "
           f"{pgd['robust_accuracy']:.4f} on {pgd['n']}, AutoAttack {robust['robust_accuracy']:.4f} "
@@ -86,6 +97,32 @@ def main() -> int:
           + (f"trained {record['train_time_s']:.0f} s ({record['epochs_run']} epochs, kept {record['kept_epoch']}, "
              f"{record['stop_reason']})" if "train_time_s" in record else f"model {args.model_in}"))
     return 0
+
+
+# AutoAttack (standard version) at eps 0.3 on MNIST, from the model tables of fra31/auto-attack,
+# with each recipe's training compute: (label, epochs, attack steps per epoch, robust accuracy).
+PUBLISHED = (("TRADES (SmallCNN, PGD-KL-40)", 100, 40, 0.9281), ("Madry et al. (PGD-40)", 83, 40, 0.8850),
+             ("Wong et al. (FGSM-RS)", 10, 1, 0.8293))
+
+
+def training_passes(record: dict) -> int:
+    """Gradient passes per training image of the robust defense: an FGSM-RS epoch costs 2 (one
+    attack step, one training step), a PGD-k epoch k + 1; the guard's held-out attacks are left out."""
+    pgd = min(record["pgd_epochs"], record["epochs_run"])
+    return 2 * (record["epochs_run"] - pgd) + (record["pgd_steps"] + 1) * pgd
+
+
+def robust_vs_compute_figure(record: dict, robust: dict, path: Path) -> dict:
+    """The figure of robust accuracy against training compute: this model (its AutoAttack
+    headline) beside the published anchors. Returns the figure's path and its points."""
+    from secure_ai_mnist.plots import plot_robust_vs_compute
+
+    points = [{"label": label, "passes": epochs * (steps + 1), "accuracy": acc, "ours": False,
+               "note": f"{epochs} epochs"} for label, epochs, steps, acc in PUBLISHED]
+    points.append({"label": "ours (seed CNN)", "passes": training_passes(record), "accuracy": robust["robust_accuracy"],
+                   "ours": True, "note": f"{record['train_time_s'] / 60:.0f} min on {os.cpu_count()} CPU cores, "
+                                         f"{robust['n']} images"})
+    return {"png": plot_robust_vs_compute(points, path), "points": points}
 
 
 if __name__ == "__main__":
