@@ -70,8 +70,11 @@ def main() -> int:
             record = {**json.loads(args.training_json.read_text())["training"], **record}
     else:
         model, record = train_robust(x_train, y_train, cfg, "defense_robust")
-        # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in.
-        model_file = save_model(model, args.model_out) if args.model_out else None
+        # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in
+        # and --training-json (the record beside the model).
+        if args.model_out:
+            model_file = save_model(model, args.model_out)
+            args.model_out.with_suffix(".training.json").write_text(json.dumps({"training": record}, indent=2))
     rng = np.random.default_rng(cfg.seed)
     idx = sample_subset(len(y_test), args.pgd_limit, rng)
     clean = accuracy(model, x_test, y_test, cfg.attack_batch_size)

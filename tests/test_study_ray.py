@@ -70,8 +70,20 @@ def test_local_ray_with_two_workers_gives_the_serial_numbers(serial_study, tmp_p
 
 
 def test_sweep_and_matrix_points_on_two_ray_workers_give_the_serial_numbers(matrix_run, tmp_path, mnist_dir):
+    # The serial run's cache without its per-point entries: the shared stages are reused, and
+    # every sweep and matrix point is computed again, as a Ray task.
+    stage_keys = set(json.loads((matrix_run / "metrics_summary_tasks5_6_7.json").read_text())["cache"]["stage_keys"]
+                     .values())
+    cache = tmp_path / "cache"
+    shutil.copytree(matrix_run.parent / "cache", cache)
+    points_removed = 0
+    for entry in (cache / "stages").iterdir():
+        if entry.name not in stage_keys:
+            shutil.rmtree(entry)
+            points_removed += 1
+    assert points_removed >= 8 + 8 + 2 + 2  # matrix models and detections (and removals), sweep models and detections
     out = tmp_path / "ray_points"
-    proc = run_script(*MATRIX_RUN, "--workers", "2", "--data-dir", str(mnist_dir), "--cache-dir", str(tmp_path / "cache"),
+    proc = run_script(*MATRIX_RUN, "--workers", "2", "--data-dir", str(mnist_dir), "--cache-dir", str(cache),
                       "--output-dir", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray: 8 tasks" in proc.stderr and "Ray: 2 tasks" in proc.stderr  # the points ran as Ray tasks
