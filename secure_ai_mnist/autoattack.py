@@ -182,19 +182,24 @@ def square_sizes(n_iter: int, p_init: float = 0.8, side: int = IMAGE_SHAPE[0]) -
     return np.clip(np.round(np.sqrt(p * side * side)), 1, side - 1).astype(np.int32)
 
 
-def make_square(model: keras.Model) -> Callable[..., Any]:
-    """A compiled L-inf Square attack (Andriushchenko et al. 2020) on ``model``'s logits.
+def make_square(model: keras.Model) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """A compiled L-inf Square attack (Andriushchenko et al. 2020) on ``model``'s logits, as two
+    functions, so that a caller can run the iterations in chunks and report progress.
 
-    ``square(x, y, eps, sizes, seed) -> x_adv`` starts from vertical stripes of +-eps, then per
-    iteration k moves one random sizes[k]-pixel square window of each still-robust image to a
-    random vertex (+eps or -eps; the other sign when the drawn one would not change the image)
-    and keeps the move only if the margin z_y - max_{j != y} z_j falls. Black-box: only logits
-    are read, one query per image and iteration. Stops once every image is misclassified.
-    x_adv is within eps of x and in [0, 1]; the stateless seed (2,) makes it repeatable.
+    ``start(x, eps, seed) -> x_best``: vertical stripes of +-eps. ``steps(x, y, eps, sizes, seed,
+    x_best, first, last) -> (x_best, margin)``: iterations first .. last - 1, where iteration k
+    moves one random sizes[k]-pixel square window of each still-robust image to a random vertex
+    (+eps or -eps; the other sign when the drawn one would not change the image) and keeps the
+    move only if the margin z_y - max_{j != y} z_j falls. Iteration k's draws depend on seed and
+    k alone, so chunks give the same result as one run. Black-box: only logits are read, one
+    query per image and iteration. Stops once every image is misclassified (margin <= 0).
+    x_best stays within eps of x and in [0, 1]; the stateless seed (2,) makes it repeatable.
     """
     import tensorflow as tf
 
     logits_of, side = logits_model(model), IMAGE_SHAPE[0]
+    image, seed_spec = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32), tf.TensorSpec([2], tf.int32)
+    scalar, index = tf.TensorSpec([], tf.float32), tf.TensorSpec([], tf.int32)
 
     def margin(x, y):
         z = logits_of(x, training=False)
@@ -207,14 +212,15 @@ def make_square(model: keras.Model) -> Callable[..., Any]:
         cols = (pos >= left[:, None]) & (pos < left[:, None] + size)
         return tf.cast(rows[:, :, None] & cols[:, None, :], tf.float32)[..., None]
 
-    @tf.function(input_signature=[tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32), tf.TensorSpec([None], tf.int64),
-                                  tf.TensorSpec([], tf.float32), tf.TensorSpec([None], tf.int32),
-                                  tf.TensorSpec([2], tf.int32)])
-    def square(x, y, eps, sizes, seed):
+    @tf.function(input_signature=[image, scalar, seed_spec])
+    def start(x, eps, seed):
+        stripes = tf.where(tf.random.stateless_uniform([tf.shape(x)[0], 1, side, 1], seed) < 0.5, -eps, eps)
+        return tf.clip_by_value(x + stripes, 0.0, 1.0)
+
+    @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), scalar, tf.TensorSpec([None], tf.int32),
+                                  seed_spec, image, index, index])
+    def steps(x, y, eps, sizes, seed, x_best, first, last):
         n = tf.shape(x)[0]
-        stripes = tf.where(tf.random.stateless_uniform([n, 1, side, 1], seed) < 0.5, -eps, eps)
-        x_best = tf.clip_by_value(x + stripes, 0.0, 1.0)
-        best = margin(x_best, y)
 
         def step(k, x_best, best):
             size = sizes[k]
@@ -230,18 +236,19 @@ def make_square(model: keras.Model) -> Callable[..., Any]:
             return k + 1, tf.where(better[:, None, None, None], x_new, x_best), tf.where(better, new, best)
 
         def going(k, x_best, best):
-            return (k < tf.shape(sizes)[0]) & tf.reduce_any(best > 0)
+            return (k < last) & tf.reduce_any(best > 0)
 
-        return tf.while_loop(going, step, [tf.constant(0), x_best, best])[1]
+        return tf.while_loop(going, step, [first, x_best, margin(x_best, y)])[1:]
 
-    return square
+    return start, steps
 
 
 def run_square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, queries: int,
-               rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+               rng: np.random.Generator, chunk: int = 500) -> tuple[np.ndarray, np.ndarray]:
     """Our compiled Square attack (``make_square``; L-inf, black-box, ``queries`` queries per
     image: the stripes, then queries - 1 window moves) on all points in one batch, seeded from
-    ``rng``. Held against ART's SquareAttack in tests/test_autoattack.py.
+    ``rng``, logging progress every ``chunk`` queries (the result does not depend on chunk).
+    Held against ART's SquareAttack in tests/test_autoattack.py.
 
     Returns (x_adv float32 within eps of x and in [0, 1], fooled bool (N,))."""
     import tensorflow as tf
@@ -249,8 +256,19 @@ def run_square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, que
     if not len(x) or queries < 1:
         return x.astype(np.float32), np.zeros(len(x), bool)
     seed = tf.constant(rng.integers(2**31, size=2), tf.int32)
-    x_adv = make_square(model)(tf.constant(x.astype(np.float32, copy=False)), tf.constant(y, tf.int64),
-                               tf.constant(eps, tf.float32), tf.constant(square_sizes(queries - 1)), seed).numpy()
+    start, steps = make_square(model)
+    x_t, y_t = tf.constant(x.astype(np.float32, copy=False)), tf.constant(y, tf.int64)
+    eps_t, sizes = tf.constant(eps, tf.float32), square_sizes(queries - 1)
+    x_best = start(x_t, eps_t, seed)
+    for first in range(0, len(sizes), chunk):
+        last = min(first + chunk, len(sizes))
+        x_best, margins = steps(x_t, y_t, eps_t, tf.constant(sizes), seed, x_best, tf.constant(first),
+                                tf.constant(last))
+        LOG.info("  Square: %d of %d queries, %d of %d images fooled", last + 1, queries,
+                 int((margins.numpy() <= 0).sum()), len(x))
+        if (margins.numpy() <= 0).all():
+            break
+    x_adv = x_best.numpy()
     check_linf_bound(x_adv, x, eps)
     return x_adv, predicted(model, x_adv, 256).argmax(axis=1) != y
 

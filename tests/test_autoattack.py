@@ -71,6 +71,8 @@ def test_our_square_at_least_as_strong_as_art_square(tiny_model, probe):
     assert our_acc == pytest.approx(np.mean(autoattack.predicted(tiny_model, ours, 64).argmax(1) == y))
     again = autoattack.run_square(tiny_model, x, y, EPS, queries, np.random.default_rng(0))[0]
     assert np.array_equal(ours, again), "the same seed must repeat the attack"
+    chunked = autoattack.run_square(tiny_model, x, y, EPS, queries, np.random.default_rng(0), chunk=7)[0]
+    assert np.array_equal(ours, chunked), "running the queries in chunks (for progress) must not change the attack"
     np.random.seed(0)  # nosec B311 - ART draws its squares from NumPy's global generator
     art = SquareAttack(estimator=art_classifier(tiny_model), norm=np.inf, eps=EPS, max_iter=queries, p_init=0.8,
                        nb_restarts=1, batch_size=len(x), verbose=False)
