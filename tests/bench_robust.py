@@ -3,6 +3,7 @@
 
     python tests/bench_robust.py --out robust_bench.json [--restarts 3] [--pgd-limit 0] [--model-out M.keras]
         [--model-in M.keras --training-json T.json] [--figure F.png]
+        [--shard-size 1000 --shard-dir DIR [--max-minutes M]]
         [flags of the main script, e.g. --autoattack-targets 5 --square-limit 1000]
 
 Trains the robust profile's defense (``--defense robust``) on the full MNIST training set,
@@ -14,6 +15,15 @@ APGD-T and FAB-T, then Square; with --square-limit N the headline is on the firs
 the white-box figures on all of them are kept apart). Writes one JSON with the training record
 and every number, and with --figure the robust accuracy against training compute beside the
 published anchors.
+
+With --shard-size S and --shard-dir DIR the PGD and AutoAttack evaluation runs on the test set
+in fixed shards of S images (shard k: images k*S .. (k+1)*S - 1, its own seeds [seed, k]), one
+JSON per shard in DIR, written when the shard is done. A shard whose JSON holds the same model
+weights (SHA-256 of the weight arrays) and the same attack settings is not run again, so the
+evaluation can be finished over several sessions or machines; --max-minutes starts no shard
+after that many minutes. When every shard is there, --out gets the merged figures: a shard's
+result depends only on its images, the seed and S, never on the machine or on which run did it.
+The stability check (twice the iterations) runs on shard 0.
 """
 
 from __future__ import annotations
@@ -44,6 +54,11 @@ def main() -> int:
                         help="with --model-in: the JSON of the run that trained it, whose training record is kept")
     parser.add_argument("--figure", type=Path, default=None,
                         help="also draw robust accuracy against training compute, beside the published anchors")
+    parser.add_argument("--shard-size", type=int, default=0,
+                        help="evaluate in fixed shards of this many test images (0 = all at once)")
+    parser.add_argument("--shard-dir", type=Path, default=None, help="with --shard-size: one JSON per shard here")
+    parser.add_argument("--max-minutes", type=float, default=0.0,
+                        help="with --shard-size: start no shard after this many minutes (0 = no limit)")
     args, rest = parser.parse_known_args()
 
     import keras
@@ -75,11 +90,16 @@ def main() -> int:
         if args.model_out:
             model_file = save_model(model, args.model_out)
             args.model_out.with_suffix(".training.json").write_text(json.dumps({"training": record}, indent=2))
-    rng = np.random.default_rng(cfg.seed)
-    idx = sample_subset(len(y_test), args.pgd_limit, rng)
     clean = accuracy(model, x_test, y_test, cfg.attack_batch_size)
     x_fgsm, _ = generate_fgsm(model, x_test, y_test, cfg, "test set vs robust defense")
     fgsm = accuracy(model, x_fgsm, y_test, cfg.attack_batch_size)
+    if args.shard_size:
+        from bench_robust_shards import run_shards
+
+        return run_shards(model, record, x_test, y_test, cfg, args,
+                          {"clean_accuracy": clean, "fgsm_whitebox_accuracy": fgsm})
+    rng = np.random.default_rng(cfg.seed)
+    idx = sample_subset(len(y_test), args.pgd_limit, rng)
     _, pgd = generate_pgd(model, x_test[idx], y_test[idx], cfg, rng, "robust defense")
     evaluated = time.time()
     _, robust = autoattack(model, x_test[idx], y_test[idx], cfg, np.random.default_rng(cfg.seed + 1), "robust defense")

@@ -144,3 +144,38 @@ def test_square_limit_zero_means_every_image_and_no_upper_bound_is_split_off(tin
     off = autoattack.autoattack(tiny_model, x[:60], y[:60], Config(pgd_eps=EPS, autoattack_iters=5, autoattack_targets=1,
                                 square_queries=0, square_limit=10, stability_limit=0), np.random.default_rng(1), "t")[1]
     assert off["n"] == 60 and "square" not in off["per_attack"]  # no Square: nothing to split by
+
+
+def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, tmp_path):
+    """bench_robust's shards: a shard redone in a later run gives the same result, a shard from
+    other weights is redone, and the merged figures are the shards' counts over every image."""
+    import json
+    from types import SimpleNamespace
+
+    from bench_robust_shards import run_shards, weights_sha256
+
+    x, y = probe[0][:60], probe[1][:60]
+    cfg = Config(pgd_eps=EPS, pgd_steps=5, pgd_step_size=0.05, autoattack_iters=5, autoattack_targets=1,
+                 square_queries=20, stability_limit=10)
+    args = SimpleNamespace(shard_dir=tmp_path / "shards", shard_size=25, max_minutes=0.0, out=tmp_path / "out.json")
+    assert run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0}) == 0
+    first = json.loads(args.out.read_text())
+    shards = sorted(args.shard_dir.glob("shard_*.json"))
+    assert [json.loads(p.read_text())["images"] for p in shards] == [[0, 25], [25, 50], [50, 60]]
+    saved = json.loads(shards[1].read_text())
+    shards[1].unlink()
+    stale = json.loads(shards[2].read_text()) | {"weights_sha256": "0" * 64}
+    shards[2].write_text(json.dumps(stale))
+    args.out.unlink()
+    run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0})
+    again = json.loads(args.out.read_text())
+    assert json.loads(shards[1].read_text())["counts"] == saved["counts"]
+    assert json.loads(shards[2].read_text())["weights_sha256"] == weights_sha256(tiny_model)
+    for key in ("autoattack", "pgd_whitebox"):  # every figure but the times
+        assert {k: v for k, v in again[key].items() if k != "time_s"} == {k: v for k, v in first[key].items()
+                                                                          if k != "time_s"}
+    counts = [json.loads(p.read_text())["counts"] for p in shards]
+    aa = first["autoattack"]
+    assert aa["n"] == 60 and aa["robust_accuracy"] == sum(c["square"] for c in counts) / 60
+    assert aa["per_attack"]["clean"] >= aa["per_attack"]["apgd_ce"] >= aa["per_attack"]["fab_t"] >= aa["robust_accuracy"]
+    assert aa["checks"]["stability"]["n"] == 10  # shard 0 only
