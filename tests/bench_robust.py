@@ -96,8 +96,10 @@ def main() -> int:
     if args.shard_size:
         from bench_robust_shards import run_shards
 
+        draw = (lambda aa: robust_vs_compute_figure(record, aa, args.figure)) if args.figure and "epochs_run" in record \
+            else None
         return run_shards(model, record, x_test, y_test, cfg, args,
-                          {"clean_accuracy": clean, "fgsm_whitebox_accuracy": fgsm})
+                          {"clean_accuracy": clean, "fgsm_whitebox_accuracy": fgsm}, draw)
     rng = np.random.default_rng(cfg.seed)
     idx = sample_subset(len(y_test), args.pgd_limit, rng)
     _, pgd = generate_pgd(model, x_test[idx], y_test[idx], cfg, rng, "robust defense")

@@ -18,7 +18,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -74,10 +74,11 @@ def shard_is_done(path: Path, digest: str, settings: dict[str, Any]) -> bool:
 
 
 def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray, cfg: Any, args: Any,
-               whole: dict[str, float]) -> int:
+               whole: dict[str, float], figure: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
     """Evaluate every shard not yet in args.shard_dir (none started after args.max_minutes),
     then, when all are there, write the merged result, with ``whole`` (figures measured on the
-    whole test set), to args.out. Returns the exit status."""
+    whole test set) and ``figure(merged AutoAttack)``'s record when given, to args.out. Returns
+    the exit status."""
     from secure_ai_mnist.common import atomic_write_bytes
     from secure_ai_mnist.provenance import git_state
 
@@ -107,6 +108,8 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
         LOG.info("%d of %d shards done; rerun the same command to finish", len(shards), count)
         return 0
     merged = merge_shards(shards, len(y))
+    if figure is not None:
+        merged["figure"] = figure(merged["autoattack"])
     atomic_write_bytes(args.out, json.dumps({"weights_sha256": digest, "training": record, **whole, **merged,
                                              "config": cfg.to_json()}, indent=2).encode())
     LOG.info("merged %d shards: AutoAttack %.4f, PGD %.4f on %d images", count,
