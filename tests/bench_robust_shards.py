@@ -62,15 +62,16 @@ def evaluate_shard(model: Any, x: np.ndarray, y: np.ndarray, cfg: Any, k: int) -
             "autoattack_time_s": info["time_s"], "checks": info["checks"], "wall_s": round(time.time() - started, 1)}
 
 
-def shard_is_done(path: Path, digest: str, settings: dict[str, Any]) -> bool:
-    """Whether ``path`` holds a shard result for these weights and settings (a stale one is redone)."""
+def load_shard(path: Path, digest: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The shard result in ``path`` when it was measured on these weights and settings, else None
+    (missing, or stale: then it is to be run again)."""
     if not path.exists():
-        return False
+        return None
     old = json.loads(path.read_text())
     if old.get("weights_sha256") == digest and old.get("settings") == settings:
-        return True
+        return old
     LOG.warning("%s was measured on other weights or settings; it is run again", path.name)
-    return False
+    return None
 
 
 def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray, cfg: Any, args: Any,
@@ -87,9 +88,9 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
     size, digest, started = args.shard_size, weights_sha256(model), time.time()
     settings, count = shard_settings(cfg, size), math.ceil(len(y) / size)
     LOG.info("sharded evaluation: %d shards of %d images, weights %s", count, size, digest[:12])
-    for k in range(count):
-        path = args.shard_dir / f"shard_{k:03d}.json"
-        if shard_is_done(path, digest, settings):
+    paths = [args.shard_dir / f"shard_{k:03d}.json" for k in range(count)]
+    for k, path in enumerate(paths):
+        if load_shard(path, digest, settings) is not None:
             continue
         if args.max_minutes and (time.time() - started) / 60 >= args.max_minutes:
             LOG.info("%.0f minutes passed: no further shard started (rerun to go on)", args.max_minutes)
@@ -102,8 +103,7 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
         atomic_write_bytes(path, json.dumps(result, indent=2).encode())
         LOG.info("shard %d of %d done: %d of %d robust (%.0f s)", k + 1, count, result["counts"]["square"],
                  hi - lo, result["wall_s"])
-    shards = [json.loads(p.read_text()) for p in sorted(args.shard_dir.glob("shard_*.json"))]
-    shards = [s for s in shards if s["weights_sha256"] == digest and s["settings"] == settings]
+    shards = [shard for path in paths if (shard := load_shard(path, digest, settings)) is not None]
     if len(shards) < count:
         LOG.info("%d of %d shards done; rerun the same command to finish", len(shards), count)
         return 0
