@@ -133,6 +133,11 @@ class Config:
                                      "PGD examples (random start, --robust-pgd-steps steps of 2.5 eps / steps) "
                                      "instead of FGSM-RS; 0 = FGSM-RS throughout")
     robust_pgd_steps: int = _opt(5, "PGD steps per batch in the robust defense's PGD epochs")
+    robust_loss: str = _opt("ce", "training loss of the robust defense: ce (cross-entropy on the attacked images, "
+                                  "Madry et al.) or trades (clean cross-entropy + --robust-trades-beta x KL(clean || "
+                                  "attacked), the attack maximising that KL; Zhang et al. 2019)", choices=("ce", "trades"))
+    robust_trades_beta: float = _opt(1.0, "with --robust-loss trades: weight of the KL term (1.0 in TRADES's MNIST "
+                                          "recipe; larger trades clean accuracy for robustness)")
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
                                       "pgd10 (PGD-10) or apgd (APGD-CE, 20 iterations)", choices=("pgd10", "apgd"))
     robust_budget_min: float = _opt(30.0, "minutes of training the robust defense may take: when its first "
@@ -200,6 +205,7 @@ class Config:
             (self.robust_holdout >= 1, "--robust-holdout must be >= 1"),
             (self.robust_pgd_epochs >= 0, "--robust-pgd-epochs must be >= 0"),
             (self.robust_pgd_steps >= 1, "--robust-pgd-steps must be >= 1"),
+            (self.robust_trades_beta > 0, "--robust-trades-beta must be > 0"),
             (self.robust_budget_min > 0, "--robust-budget-min must be > 0"),
             (_int_list_ok(self.poison_sweep, 0), "--poison-sweep takes comma-separated counts >= 0"),
             (_int_list_ok(self.sweep_trigger_sizes, 1) and self.sweep_trigger_sizes.strip() != "",

@@ -134,7 +134,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     model = build_baseline_cnn(cfg.learning_rate)
     optimizer = keras.optimizers.Adam(learning_rate=cyclic_learning_rate(cfg.robust_lr,
                                                                          cfg.robust_epochs * steps_per_epoch))
-    step_fn = robust_step(model, optimizer)
+    step_fn = robust_step(model, optimizer, cfg.robust_loss, cfg.robust_trades_beta)
     guard = holdout_guard(model, x[hold_idx], y[hold_idx], cfg,
                           np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
     pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
@@ -181,10 +181,13 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     return model, record
 
 
-def robust_step(model: keras.Model, optimizer: Any) -> Any:
+def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: float = 1.0) -> Any:
     """The compiled training step ``(x, y, eps, step, steps) -> (summed loss, correct count)``:
     ``steps`` signed-gradient steps of size ``step`` from a uniform random start in the eps ball
-    (pixels kept in [0, 1] and within eps of x), then one optimizer step on those examples."""
+    (pixels kept in [0, 1] and within eps of x), then one optimizer step. ``loss`` "ce": the
+    attack and the training loss are the cross-entropy of the attacked images (Madry et al.);
+    "trades": the attack maximises KL(p(x) || p(x_adv)) and the training loss is the clean
+    cross-entropy + beta * that KL (Zhang et al. 2019). The correct count is on x_adv."""
     import tensorflow as tf
 
     from .attacks import logits_model
@@ -192,25 +195,46 @@ def robust_step(model: keras.Model, optimizer: Any) -> Any:
     net = logits_model(model)
     optimizer.build(net.trainable_variables)
     image, scalar = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32), tf.TensorSpec([], tf.float32)
+    trades = loss == "trades"
+
+    def attack_loss(yb: Any, p_clean: Any, x_adv: Any) -> Any:
+        logits = net(x_adv, training=False)
+        if trades:
+            return tf.reduce_sum(kl_divergence(p_clean, logits))
+        return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
 
     @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), scalar, scalar, tf.TensorSpec([], tf.int32)])
     def adversarial_step(xb, yb, eps, step, steps):
+        # TRADES attacks the clean prediction (no labels); ce ignores p_clean.
+        p_clean = tf.stop_gradient(tf.nn.softmax(net(xb, training=False))) if trades else None
         x_adv = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
         for _ in tf.range(steps):
             with tf.GradientTape() as tape:
                 tape.watch(x_adv)
-                attack_loss = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(
-                    yb, net(x_adv, training=False)))
-            x_adv = tf.clip_by_value(x_adv + step * tf.sign(tape.gradient(attack_loss, x_adv)), 0.0, 1.0)
+                objective = attack_loss(yb, p_clean, x_adv)
+            x_adv = tf.clip_by_value(x_adv + step * tf.sign(tape.gradient(objective, x_adv)), 0.0, 1.0)
             x_adv = xb + tf.clip_by_value(x_adv - xb, -eps, eps)
         with tf.GradientTape() as tape:
-            logits = net(x_adv, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
-        optimizer.apply_gradients(zip(tape.gradient(loss, net.trainable_variables), net.trainable_variables))
+            if trades:
+                clean_logits, logits = tf.split(net(tf.concat([xb, x_adv], 0), training=True), 2)
+                batch_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, clean_logits)
+                                            + beta * kl_divergence(tf.nn.softmax(clean_logits), logits))
+            else:
+                logits = net(x_adv, training=True)
+                batch_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
+        optimizer.apply_gradients(zip(tape.gradient(batch_loss, net.trainable_variables), net.trainable_variables))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.float32))
-        return loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
+        return batch_loss * tf.cast(tf.shape(xb)[0], tf.float32), correct
 
     return adversarial_step
+
+
+def kl_divergence(p: Any, logits: Any) -> Any:
+    """Per-row KL(p || softmax(logits)) in nats, >= 0; computed from log-softmax so it stays
+    finite when softmax(logits) underflows."""
+    import tensorflow as tf
+
+    return tf.reduce_sum(p * (tf.math.log(tf.maximum(p, 1e-12)) - tf.nn.log_softmax(logits)), axis=1)
 
 
 def robust_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, cfg: Config, epoch: int,
@@ -232,7 +256,8 @@ def robust_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, 
 def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
     """The robust defense's training record before its first epoch: the recipe and empty per-epoch lists."""
     method = "fgsm-rs one-cycle (robust profile)" + (
-        f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "")
+        f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
+        f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "")
     return {"method": method, "eps": cfg.pgd_eps, "step_size": 1.25 * cfg.pgd_eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
             "guard_attack": cfg.robust_guard, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),

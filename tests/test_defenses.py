@@ -100,6 +100,54 @@ def test_robust_pgd_phase_and_apgd_guard_are_recorded():
         config.Config(robust_pgd_epochs=-1)
 
 
+def test_kl_divergence_matches_keras_and_stays_finite_when_softmax_underflows(rng):
+    import keras
+
+    p = rng.dirichlet(np.ones(10), size=6).astype(np.float32)
+    logits = rng.normal(scale=3.0, size=(6, 10)).astype(np.float32)
+    ours = defenses.kl_divergence(p, logits).numpy()
+    expected = keras.losses.KLDivergence(reduction=None)(p, keras.ops.softmax(logits)).numpy()
+    np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-6)
+    saturated = np.array([[200.0] + [0.0] * 9], np.float32)  # softmax gives exact zeros in float32
+    assert np.isfinite(defenses.kl_divergence(p[:1], saturated).numpy()).all()
+    assert defenses.kl_divergence(p[:1], np.log(p[:1])).numpy()[0] == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss", ["ce", "trades"])
+def test_the_training_attack_raises_its_own_objective(loss):
+    """From the same weights, random start and dropout draws, the attack's steps must raise the
+    step's training loss above that of the random start alone (a sign error would lower it)."""
+    import keras
+    import tensorflow as tf
+
+    from secure_ai_mnist.model import build_baseline_cnn, seed_everything
+
+    x, y = synthetic_digits(np.random.default_rng(6), 64)
+    losses = []
+    for steps in (0, 5):
+        seed_everything(11)
+        step_fn = defenses.robust_step(build_baseline_cnn(), keras.optimizers.Adam(1e-3), loss, beta=10.0)
+        batch_loss, _ = step_fn(tf.constant(x), tf.constant(y, tf.int64), tf.constant(0.3), tf.constant(0.15),
+                                tf.constant(steps))
+        losses.append(float(batch_loss))
+    # Summed over 64 images; trades's clean cross-entropy is the same in both, so the gap is the attack's.
+    assert losses[1] - losses[0] > 2.0
+
+
+def test_trades_recipe_is_wired_deterministic_and_recorded():
+    x, y = synthetic_digits(np.random.default_rng(7), 160)
+    recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=0, robust_holdout=32, robust_pgd_epochs=1,
+                  robust_pgd_steps=2, robust_guard="pgd10")
+    runs = [defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, **extra), "robust", "trades")
+            for extra in ({"robust_loss": "trades"}, {"robust_loss": "trades"}, {})]
+    weights = [np.concatenate([w.ravel() for w in model.get_weights()]) for model, _ in runs]
+    np.testing.assert_array_equal(weights[0], weights[1])
+    assert not np.array_equal(weights[0], weights[2])  # the loss flag reaches the training step
+    assert runs[0][1]["method"].endswith("TRADES loss (beta 1)") and "TRADES" not in runs[2][1]["method"]
+    with pytest.raises(common.ConfigError):
+        config.Config(robust_trades_beta=0.0)
+
+
 def test_robust_training_refuses_a_budget_it_cannot_hold_and_never_shortens_the_recipe(caplog):
     x, y = synthetic_digits(np.random.default_rng(5), 200)
     recipe = dict(batch_size=64, robust_epochs=3, robust_ramp_epochs=0, robust_holdout=40, robust_pgd_epochs=1,
