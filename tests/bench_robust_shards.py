@@ -108,6 +108,7 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
         LOG.info("%d of %d shards done; rerun the same command to finish", len(shards), count)
         return 0
     merged = merge_shards(shards, len(y))
+    merged["checks"] = merged_checks(merged, whole)
     if figure is not None:
         merged["figure"] = figure(merged["autoattack"])
     atomic_write_bytes(args.out, json.dumps({"weights_sha256": digest, "training": record, **whole, **merged,
@@ -115,6 +116,19 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
     LOG.info("merged %d shards: AutoAttack %.4f, PGD %.4f on %d images", count,
              merged["autoattack"]["robust_accuracy"], merged["pgd_whitebox"]["robust_accuracy"], len(y))
     return 0
+
+
+def merged_checks(merged: dict[str, Any], whole: dict[str, float]) -> dict[str, dict[str, Any]]:
+    """The pipeline's attack-failure checks (secure_ai_mnist.checks) on the merged figures, with
+    white-box FGSM measured on the whole test set as the order's first step when ``whole`` has
+    it (else PGD stands in for it, and the order starts at PGD)."""
+    from secure_ai_mnist.checks import attack_failure_checks
+
+    pgd = merged["pgd_whitebox"]["robust_accuracy"]
+    fgsm = whole.get("fgsm_whitebox_accuracy", pgd)
+    return attack_failure_checks("defense_robust", merged["autoattack"],
+                                 {"fgsm": {"defense_robust": {"defense_robust": fgsm}},
+                                  "pgd": {"defense_robust": {"defense_robust": pgd}}})
 
 
 def merge_shards(shards: list[dict[str, Any]], n: int) -> dict[str, Any]:

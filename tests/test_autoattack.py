@@ -179,3 +179,7 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     assert aa["n"] == 60 and aa["robust_accuracy"] == sum(c["square"] for c in counts) / 60
     assert aa["per_attack"]["clean"] >= aa["per_attack"]["apgd_ce"] >= aa["per_attack"]["fab_t"] >= aa["robust_accuracy"]
     assert aa["checks"]["stability"]["n"] == 10  # shard 0 only
+    square = first["checks"]["square_not_stronger_than_whitebox_defense_robust"]
+    assert square["drop_points"] == pytest.approx(100 * (aa["per_attack"]["fab_t"] - aa["robust_accuracy"]))
+    assert square["n"] == 60 and set(first["checks"]) >= {"attack_strength_order_defense_robust",
+                                                          "attack_converged_defense_robust"}
