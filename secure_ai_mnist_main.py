@@ -85,6 +85,7 @@ from secure_ai_mnist.model import (
     seed_everything,
     stage_seed,
     train_cnn,
+    warn_if_bf16_is_emulated,
 )
 from secure_ai_mnist.point_stages import matrix_stages, sweep_stages
 from secure_ai_mnist.plots import (
@@ -121,6 +122,7 @@ def load_data(cfg: Config, _: StageInputs) -> dict[str, Any]:
     """Verified MNIST, the seeded subsets as model input (float32 in [0, 1]) and the run's generators."""
     data = load_mnist(cfg)  # before TensorFlow starts, so a data error costs no start-up time
     configure_tensorflow(cfg.threads)
+    warn_if_bf16_is_emulated(cfg.precision)
     rngs = dict(zip(("subset", "poison", "mix", "pgd"), seed_everything(cfg.seed).spawn(4)))
     train_idx = sample_subset(len(data.y_train), cfg.train_limit, rngs["subset"])
     test_idx = sample_subset(len(data.y_test), cfg.test_limit, rngs["subset"])

@@ -71,6 +71,11 @@ class Config:
     epochs: int = _opt(3, "training epochs for every model")
     batch_size: int = _opt(128, "training batch size")
     learning_rate: float = _opt(1e-3, "Adam learning rate")
+    precision: str = _opt("fp32", "arithmetic of the Keras-fit trainings (baseline, poisoned, retrained, FGSM "
+                                  "defense): fp32, or bf16 (bfloat16 compute with float32 weights, Keras's "
+                                  "mixed_bfloat16; fast only where the CPU has AVX512_BF16 or AMX, and the "
+                                  "numbers move, see the README). Evaluations, attacks and the per-batch "
+                                  "defenses always run in fp32", choices=("fp32", "bf16"))
     poison_count: int = _opt(100, "number of training images that get the trigger and the target label")
     target_class: int = _opt(7, "label the backdoor maps triggered images to")
     backdoor: str = _opt("badnets", "backdoor trigger family: badnets (a patch, the seed's corner square), blended "

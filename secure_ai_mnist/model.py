@@ -18,6 +18,24 @@ from .config import Config
 if TYPE_CHECKING:  # TensorFlow is imported lazily so `--help` and flag errors are instant
     import keras
 
+# --precision's Keras dtype policies: bf16 keeps float32 weights and computes in bfloat16.
+PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+
+
+def warn_if_bf16_is_emulated(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Under --precision bf16, a warning when the CPU lists neither avx512_bf16 nor amx_bf16:
+    oneDNN then emulates bfloat16 and bf16 trains slower than fp32. Returns whether it warned
+    (never on fp32, nor where the CPU's flags cannot be read)."""
+    if precision != "bf16" or not cpuinfo.is_file():
+        return False
+    flags = cpuinfo.read_text(errors="replace").split()
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        return False
+    LOG.warning("--precision bf16: this CPU has no native bfloat16 (avx512_bf16 or amx_bf16); "
+                "the trainings will run slower than with fp32")
+    return True
+
+
 def seed_everything(seed: int) -> np.random.Generator:
     """Seed Python, NumPy and TensorFlow; return the run's root NumPy generator."""
     import keras
@@ -46,21 +64,24 @@ def configure_tensorflow(threads: int) -> None:
         threadpool_limits(limits=threads)
 
 
-def build_baseline_cnn(learning_rate: float = 1e-3) -> keras.Model:
-    """The seed CNN. Softmax is its own layer so attacks can use the 'logits' layer."""
+def build_baseline_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> keras.Model:
+    """The seed CNN. Softmax is its own layer so attacks can use the 'logits' layer. ``precision``
+    "bf16": the layers compute in bfloat16 with float32 weights (Keras's mixed_bfloat16), the
+    softmax and the loss in float32; ``float32_model`` turns it back into the fp32 CNN."""
     import keras
     from keras import layers
 
+    policy = PRECISION_POLICIES[precision]
     inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
-    x = layers.Conv2D(32, 3, activation="relu")(inputs)
-    x = layers.Conv2D(64, 3, activation="relu")(x)
-    x = layers.MaxPooling2D(2)(x)
-    x = layers.Dropout(0.25)(x)
-    x = layers.Flatten()(x)
-    x = layers.Dense(128, activation="relu", name="penultimate")(x)
-    x = layers.Dropout(0.5)(x)
-    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
-    probabilities = layers.Activation("softmax", name="probabilities")(logits)
+    x = layers.Conv2D(32, 3, activation="relu", dtype=policy)(inputs)
+    x = layers.Conv2D(64, 3, activation="relu", dtype=policy)(x)
+    x = layers.MaxPooling2D(2, dtype=policy)(x)
+    x = layers.Dropout(0.25, dtype=policy)(x)
+    x = layers.Flatten(dtype=policy)(x)
+    x = layers.Dense(128, activation="relu", name="penultimate", dtype=policy)(x)
+    x = layers.Dropout(0.5, dtype=policy)(x)
+    logits = layers.Dense(NUM_CLASSES, name="logits", dtype=policy)(x)
+    probabilities = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
     model = keras.Model(inputs, probabilities, name="mnist_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
@@ -105,14 +126,27 @@ def stage_seed(seed: int, label: str) -> int:
 def train_cnn(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[keras.Model, dict[str, Any]]:
     """Train a fresh seed CNN on (x, y) with the configured hyperparameters, seeded by stage.
 
-    Returns the model and {"loss": [...], "accuracy": [...], "train_time_s": t, "n_train": N}.
+    Returns the float32 model (cfg.precision "bf16" trains in mixed bfloat16, see
+    ``build_baseline_cnn``) and {"loss": [...], "accuracy": [...], "train_time_s": t, "n_train": N,
+    "precision": cfg.precision}.
     """
     import keras
 
     seed_everything(stage_seed(cfg.seed, label))
-    model = build_baseline_cnn(cfg.learning_rate)
+    model = build_baseline_cnn(cfg.learning_rate, cfg.precision)
     batches = shuffled_batches(x, keras.utils.to_categorical(y, NUM_CLASSES), cfg.batch_size)
-    return model, fit_and_record(model, cfg, label, len(x), x=batches, shuffle=False)  # already shuffled
+    record = fit_and_record(model, cfg, label, len(x), x=batches, shuffle=False)  # already shuffled
+    return float32_model(model, cfg.learning_rate), {**record, "precision": cfg.precision}
+
+
+def float32_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
+    """``model`` itself when it computes in float32, else the fp32 seed CNN holding its (float32)
+    weights: whatever precision trained it, every evaluation and attack runs in float32."""
+    if all(layer.dtype_policy.name == "float32" for layer in model.layers):
+        return model
+    fp32 = build_baseline_cnn(learning_rate)
+    fp32.set_weights(model.get_weights())
+    return fp32
 
 
 def shuffled_batches(x: np.ndarray, y: np.ndarray, batch_size: int) -> Any:

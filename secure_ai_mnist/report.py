@@ -153,6 +153,10 @@ def environment_lines(summary: dict[str, Any]) -> list[str]:
         f"- Code: git commit `{code.get('commit') or 'unknown'}`; library versions: "
         + ", ".join(f"{k} {v}" for k, v in summary["versions"].items()) + ".",
         f"- Host: {summary['host'].get('platform')}, {summary['host'].get('cpu_count')} CPUs.",
+        "- Training arithmetic (`--precision`): "
+        + ("bf16: the Keras-fit trainings computed in bfloat16 with float32 weights; evaluations and attacks "
+           "ran in float32 on those weights; the numbers differ from an fp32 run's."
+           if summary["config"].get("precision") == "bf16" else "fp32 throughout."),
         "- Data files (SHA-256 verified against the hashes held in the code): "
         + ", ".join(f"`{name}` {digest[:16]}..." for name, digest in summary["data"]["sha256"].items()) + ".",
         f"- Wall time of the run: {summary['timings_s']['total']:.0f} s.",

@@ -44,7 +44,7 @@ CACHE_KINDS = (None, "model", "arrays")
 
 # The configuration fields each kind of stage reads (its ``config``), shared by the pipeline's
 # declarations in the entry script and in point_stages.py.
-TRAIN = ("epochs", "batch_size", "learning_rate", "seed")
+TRAIN = ("epochs", "batch_size", "learning_rate", "precision", "seed")
 TRIGGER = ("poison_count", "target_class", "backdoor", "trigger_size", "trigger_margin", "trigger_corner",
            "trigger_position", "trigger_pattern", "blend_alpha", "sig_amplitude", "sig_frequency", "sig_clean_label",
            "wanet_grid", "wanet_strength", "wanet_noise", "wanet_cross_ratio", "seed")

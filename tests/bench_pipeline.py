@@ -116,6 +116,8 @@ def main() -> int:
     parser.add_argument("--pgd-n", type=int, default=300, help="images for the PGD-40 comparison")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="the trainings' --precision, in the timed epoch and in every pipeline run")
     parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -142,13 +144,15 @@ def main() -> int:
         print(f"{stage}: ours {ours:.2f}s naive {naive if naive is None else round(naive, 2)}s {note}", flush=True)
 
     # Training: one epoch on train_n images, after a warm-up epoch that absorbs tracing.
-    ours_model = model.build_baseline_cnn()
+    ours_model = model.build_baseline_cnn(precision=args.precision)
     ours_model.fit(x[:2048], y_onehot[:2048], batch_size=128, epochs=1, verbose=0)
     t_ours = best_of(args.repeats, lambda: ours_model.fit(x, y_onehot, batch_size=128, epochs=1, verbose=0))
     plain = naive_cnn()
     plain.fit(x[:2048], y_onehot[:2048], batch_size=128, epochs=1, verbose=0)
     t_naive = best_of(args.repeats, lambda: plain.fit(x, y_onehot, batch_size=128, epochs=1, verbose=0))
-    row(f"train 1 epoch ({args.train_n} images)", t_ours, t_naive, TRAIN_FLOP * args.train_n)
+    row(f"train 1 epoch ({args.train_n} images)" + (", bf16" if args.precision == "bf16" else ""), t_ours, t_naive,
+        TRAIN_FLOP * args.train_n, "naive: fp32" if args.precision == "bf16" else "")
+    ours_model = model.float32_model(ours_model)  # the attacks below run in fp32, as in the pipeline
 
     # Clean evaluation of the 10k test set.
     t_ours = best_of(args.repeats, lambda: model.predict_probabilities(ours_model, x_test, 64))
@@ -182,7 +186,8 @@ def main() -> int:
         f"robust acc ours {1 - fooled.mean():.4f} / ART {acc_art:.4f}; "
         f"pixels equal {100 * np.mean(np.isclose(x_o, x_a, atol=1e-5)):.2f}%")
 
-    runs = time_pipeline(peak) if args.pipeline else {}
+    runs = time_pipeline(peak, ["--precision", args.precision] if args.precision != "fp32" else []) \
+        if args.pipeline else {}
     for label, run in runs.items():
         row(label, run["wall_s"], None, None)
 
@@ -210,17 +215,17 @@ def git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
 
 
-def time_pipeline(peak: float) -> dict[str, dict[str, object]]:
+def time_pipeline(peak: float, flags: list[str]) -> dict[str, dict[str, object]]:
     """Wall time of a cold --quick run, a cold full default run (with its stages and its trainings
     against the training floor) and a cached rerun of it, each a fresh interpreter with its own
-    empty stage cache (MNIST read from the default cache)."""
+    empty stage cache (MNIST read from the default cache), every run with ``flags`` added."""
     from secure_ai_mnist import config
     from secure_ai_mnist.summary_schema import SUMMARY_FILENAME
 
     runs: dict[str, dict[str, object]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for label, extra, out, cache in (("quick", ["--quick"], "quick", "quick"), ("full_cold", [], "full", "full"),
-                                         ("full_cached", [], "full_again", "full")):
+        for label, extra, out, cache in (("quick", ["--quick", *flags], "quick", "quick"),
+                                         ("full_cold", flags, "full", "full"), ("full_cached", flags, "full_again", "full")):
             cmd = [sys.executable, str(ROOT / "secure_ai_mnist_main.py"), "--output-dir", f"{tmp}/{out}",
                    "--data-dir", str(config.default_cache_dir()), "--cache-dir", f"{tmp}/cache_{cache}", *extra]
             start = time.perf_counter()
