@@ -3,6 +3,7 @@
 
     python tests/bench_pipeline.py                 # stages only, a few minutes on 2 cores
     python tests/bench_pipeline.py --pipeline      # also times --quick and a full default run, cold and cached
+    python tests/bench_pipeline.py --pipeline --precision bf16 --out F.json   # the same with bf16 trainings
 
 Prints one table: stage, our time, the naive Keras+ART time for the same work, the speed-up,
 and the achieved GFLOP/s against this machine's measured TensorFlow float32 matmul peak.
@@ -121,6 +122,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    code = {"commit": git("rev-parse", "HEAD"), "tree_clean": not git("status", "--porcelain")}  # what runs
 
     import keras
 
@@ -201,7 +203,7 @@ def main() -> int:
         pct = "-" if gflops is None else f"{100 * gflops / peak:.0f}%"
         print(f"| {stage} | {ours:.2f} | {naive_s} | {ratio} | {g} | {pct} | {note} |")
     record = {"command": " ".join(["python tests/bench_pipeline.py", *sys.argv[1:]]), "started_utc": started,
-              "commit": git("rev-parse", "HEAD"), "tree_clean": not git("status", "--porcelain"),
+              **code,
               "cpu": cpu_flags(), "matmul_peak_gflops": round(peak, 1),
               "stages": [{"stage": s, "ours_s": round(o, 3), "naive_s": n and round(n, 3),
                           "gflops": g and round(g, 1), "note": note} for s, o, n, g, note in rows],
