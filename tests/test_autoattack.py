@@ -183,3 +183,22 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     assert square["drop_points"] == pytest.approx(100 * (aa["per_attack"]["fab_t"] - aa["robust_accuracy"]))
     assert square["n"] == 60 and set(first["checks"]) >= {"attack_strength_order_defense_robust",
                                                           "attack_converged_defense_robust"}
+
+
+def test_committed_complete_autoattack_is_the_merge_of_the_committed_shards():
+    """The README's robust headline (complete_autoattack in bench_robust_profile.json) must be
+    what the ten committed shard JSONs sum to, on one set of weights and settings."""
+    import json
+
+    from bench_robust_shards import merge_shards
+    from conftest import ROOT
+
+    outputs = ROOT / "secure_ai_outputs"
+    shards = [json.loads(p.read_text()) for p in sorted((outputs / "bench_robust_shards").glob("shard_*.json"))]
+    committed = json.loads((outputs / "bench_robust_profile.json").read_text())["complete_autoattack"]
+    assert len({s["weights_sha256"] for s in shards}) == 1 == len({json.dumps(s["settings"]) for s in shards})
+    assert shards[0]["weights_sha256"] == committed["weights_sha256"]
+    merged = merge_shards(shards, 10_000)
+    for key in ("robust_accuracy", "per_attack", "ci95", "n"):
+        assert merged["autoattack"][key] == committed["autoattack"][key]
+    assert merged["pgd_whitebox"]["robust_accuracy"] == committed["pgd_whitebox"]["robust_accuracy"]
