@@ -88,6 +88,7 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
     size, digest, started = args.shard_size, weights_sha256(model), time.time()
     settings, count = shard_settings(cfg, size), math.ceil(len(y) / size)
     LOG.info("sharded evaluation: %d shards of %d images, weights %s", count, size, digest[:12])
+    code = git_state()  # the code this process loaded: later commits made while it runs do not reach it
     paths = [args.shard_dir / f"shard_{k:03d}.json" for k in range(count)]
     for k, path in enumerate(paths):
         if load_shard(path, digest, settings) is not None:
@@ -97,7 +98,7 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
             break
         lo, hi = k * size, min((k + 1) * size, len(y))
         result = {"shard": k, "images": [lo, hi], "weights_sha256": digest, "settings": settings,
-                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": git_state(),
+                  "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "code": code,
                   "host": {"cpus": os.cpu_count(), "machine": platform.machine()},
                   **evaluate_shard(model, x[lo:hi], y[lo:hi], cfg, k)}
         atomic_write_bytes(path, json.dumps(result, indent=2).encode())
