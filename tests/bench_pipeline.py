@@ -117,7 +117,9 @@ def main() -> int:
     parser.add_argument("--pgd-n", type=int, default=300, help="images for the PGD-40 comparison")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+    from secure_ai_mnist.model import PRECISION_POLICIES  # light: TensorFlow is imported lazily
+
+    parser.add_argument("--precision", choices=tuple(PRECISION_POLICIES), default="fp32",
                         help="the trainings' --precision, in the timed epoch and in every pipeline run")
     parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
     args = parser.parse_args()

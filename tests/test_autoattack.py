@@ -158,7 +158,7 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     cfg = Config(pgd_eps=EPS, pgd_steps=5, pgd_step_size=0.05, autoattack_iters=5, autoattack_targets=1,
                  square_queries=20, stability_limit=10)
     args = SimpleNamespace(shard_dir=tmp_path / "shards", shard_size=25, max_minutes=0.0, out=tmp_path / "out.json")
-    assert run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0}) == 0
+    assert run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0, "fgsm_whitebox_accuracy": 1.0}) == 0
     first = json.loads(args.out.read_text())
     shards = sorted(args.shard_dir.glob("shard_*.json"))
     assert [json.loads(p.read_text())["images"] for p in shards] == [[0, 25], [25, 50], [50, 60]]
@@ -167,7 +167,7 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     stale = json.loads(shards[2].read_text()) | {"weights_sha256": "0" * 64}
     shards[2].write_text(json.dumps(stale))
     args.out.unlink()
-    run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0})
+    run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0, "fgsm_whitebox_accuracy": 1.0})
     again = json.loads(args.out.read_text())
     assert json.loads(shards[1].read_text())["counts"] == saved["counts"]
     assert json.loads(shards[2].read_text())["weights_sha256"] == weights_sha256(tiny_model)
