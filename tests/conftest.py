@@ -107,3 +107,20 @@ def quick_run(tmp_path_factory, mnist_dir):
     out = ROOT / "secure_ai_outputs" / "quick"
     return {"out": out, "json": out / "metrics_summary_tasks5_6_7.json", "stderr": proc.stderr, "args": args,
             "base": base, "tracked_before": before, "tracked_after": tracked_file_digests()}
+
+
+# Under `pytest -n 2 --dist loadgroup` (the README's command) each shared end-to-end run is made
+# once: the tests that use it share one worker. The Ray tests share one worker too, because the
+# killed-worker test picks a running study task by its process name.
+SHARED_RUN_GROUPS = {"quick_run": "quick_run", "matrix_run": "matrix_and_ray", "serial_study": "matrix_and_ray"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        groups = {SHARED_RUN_GROUPS[name] for name in item.fixturenames if name in SHARED_RUN_GROUPS}
+        if item.path.name == "test_study_ray.py":
+            groups.add("matrix_and_ray")
+        if len(groups) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses runs of two worker groups: {sorted(groups)}")
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups.pop()))
