@@ -3,7 +3,7 @@
 
     python tests/bench_robust.py --out robust_bench.json [--restarts 3] [--pgd-limit 0] [--model-out M.keras]
         [--model-in M.keras --training-json T.json] [--figure F.png]
-        [--shard-size 1000 --shard-dir DIR [--max-minutes M]]
+        [--shard-size 1000 --shard-dir DIR [--max-minutes M] [--shards 0,5]]
         [flags of the main script, e.g. --autoattack-targets 5 --square-limit 1000]
 
 Trains the robust profile's defense (``--defense robust``) on the full MNIST training set,
@@ -21,8 +21,9 @@ in fixed shards of S images (shard k: images k*S .. (k+1)*S - 1, its own seeds [
 JSON per shard in DIR, written when the shard is done. A shard whose JSON holds the same model
 weights (SHA-256 of the weight arrays) and the same attack settings is not run again, so the
 evaluation can be finished over several sessions or machines; --max-minutes starts no shard
-after that many minutes. When every shard is there, --out gets the merged figures: a shard's
-result depends only on its images, the seed and S, never on the machine or on which run did it.
+after that many minutes, and --shards runs only the listed ones (a screen). When every shard is
+there, --out gets the merged figures: a shard's result depends only on its images, the seed and
+S, never on the machine or on which run did it.
 The stability check (twice the iterations) runs on shard 0.
 """
 
@@ -59,6 +60,9 @@ def main() -> int:
     parser.add_argument("--shard-dir", type=Path, default=None, help="with --shard-size: one JSON per shard here")
     parser.add_argument("--max-minutes", type=float, default=0.0,
                         help="with --shard-size: start no shard after this many minutes (0 = no limit)")
+    parser.add_argument("--shards", type=lambda text: sorted({int(k) for k in text.split(",")}), default=None,
+                        help="with --shard-size: run only these shards, e.g. 0,5 (a screen of a candidate "
+                             "recipe on a hard and an easy part of the test set); no merge until all are there")
     args, rest = parser.parse_known_args()
 
     import keras

@@ -76,10 +76,10 @@ def load_shard(path: Path, digest: str, settings: dict[str, Any]) -> dict[str, A
 
 def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray, cfg: Any, args: Any,
                whole: dict[str, float], figure: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> int:
-    """Evaluate every shard not yet in args.shard_dir (none started after args.max_minutes),
-    then, when all are there, write the merged result, with ``whole`` (figures measured on the
-    whole test set) and ``figure(merged AutoAttack)``'s record when given, to args.out. Returns
-    the exit status."""
+    """Evaluate every shard (or those in args.shards) not yet in args.shard_dir (none started
+    after args.max_minutes), then, when all are there, write the merged result, with ``whole``
+    (figures measured on the whole test set) and ``figure(merged AutoAttack)``'s record when
+    given, to args.out. Returns the exit status."""
     from secure_ai_mnist.common import atomic_write_bytes
     from secure_ai_mnist.provenance import git_state
 
@@ -90,8 +90,9 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
     LOG.info("sharded evaluation: %d shards of %d images, weights %s", count, size, digest[:12])
     code = git_state()  # the code this process loaded: later commits made while it runs do not reach it
     paths = [args.shard_dir / f"shard_{k:03d}.json" for k in range(count)]
+    chosen = set(getattr(args, "shards", None) or range(count))
     for k, path in enumerate(paths):
-        if load_shard(path, digest, settings) is not None:
+        if k not in chosen or load_shard(path, digest, settings) is not None:
             continue
         if args.max_minutes and (time.time() - started) / 60 >= args.max_minutes:
             LOG.info("%.0f minutes passed: no further shard started (rerun to go on)", args.max_minutes)

@@ -167,6 +167,11 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     stale = json.loads(shards[2].read_text()) | {"weights_sha256": "0" * 64}
     shards[2].write_text(json.dumps(stale))
     args.out.unlink()
+    args.shards = [1]  # a screen: only shard 1 is redone, the stale shard 2 is left, nothing is merged
+    run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0, "fgsm_whitebox_accuracy": 1.0})
+    assert shards[1].exists() and json.loads(shards[2].read_text())["weights_sha256"] == "0" * 64
+    assert not args.out.exists()
+    args.shards = None
     run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0, "fgsm_whitebox_accuracy": 1.0})
     again = json.loads(args.out.read_text())
     assert json.loads(shards[1].read_text())["counts"] == saved["counts"]
