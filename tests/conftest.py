@@ -115,6 +115,7 @@ def quick_run(tmp_path_factory, mnist_dir):
 SHARED_RUN_GROUPS = {"quick_run": "quick_run", "matrix_run": "matrix_and_ray", "serial_study": "matrix_and_ray"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = {SHARED_RUN_GROUPS[name] for name in item.fixturenames if name in SHARED_RUN_GROUPS}

@@ -88,7 +88,10 @@ def test_quick_run_writes_complete_consistent_outputs(quick_run):
     assert "| baseline |" in summary["results_table"]
 
 
-def test_quick_run_logs_progress_with_timestamps(quick_run):
+def test_quick_run_logs_progress_with_timestamps(quick_run, request):
+    if getattr(request.config.option, "loadgroup", False):  # set by xdist under --dist loadgroup
+        # conftest's grouping reached xdist: every test of the shared run is on this one worker
+        assert request.node.nodeid.endswith("@quick_run"), request.node.nodeid
     lines = [line for line in quick_run["stderr"].splitlines() if "==" in line]
     assert any("train baseline done" in line for line in lines)
     assert all(line[:4].isdigit() for line in lines), "log lines carry timestamps"
