@@ -90,7 +90,7 @@ def run_shards(model: Any, record: dict[str, Any], x: np.ndarray, y: np.ndarray,
     LOG.info("sharded evaluation: %d shards of %d images, weights %s", count, size, digest[:12])
     code = git_state()  # the code this process loaded: later commits made while it runs do not reach it
     paths = [args.shard_dir / f"shard_{k:03d}.json" for k in range(count)]
-    chosen = set(getattr(args, "shards", None) or range(count))
+    chosen = set(args.shards or range(count))
     for k, path in enumerate(paths):
         if k not in chosen or load_shard(path, digest, settings) is not None:
             continue

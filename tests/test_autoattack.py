@@ -157,7 +157,8 @@ def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, t
     x, y = probe[0][:60], probe[1][:60]
     cfg = Config(pgd_eps=EPS, pgd_steps=5, pgd_step_size=0.05, autoattack_iters=5, autoattack_targets=1,
                  square_queries=20, stability_limit=10)
-    args = SimpleNamespace(shard_dir=tmp_path / "shards", shard_size=25, max_minutes=0.0, out=tmp_path / "out.json")
+    args = SimpleNamespace(shard_dir=tmp_path / "shards", shard_size=25, max_minutes=0.0, shards=None,
+                           out=tmp_path / "out.json")
     assert run_shards(tiny_model, {}, x, y, cfg, args, {"clean_accuracy": 1.0, "fgsm_whitebox_accuracy": 1.0}) == 0
     first = json.loads(args.out.read_text())
     shards = sorted(args.shard_dir.glob("shard_*.json"))
