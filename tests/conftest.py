@@ -110,17 +110,16 @@ def quick_run(tmp_path_factory, mnist_dir):
 
 
 # Under `pytest -n 2 --dist loadgroup` (the README's command) each shared end-to-end run is made
-# once: the tests that use it share one worker. The Ray tests share one worker too, because the
-# killed-worker test picks a running study task by its process name.
-SHARED_RUN_GROUPS = {"quick_run": "quick_run", "matrix_run": "matrix_and_ray", "serial_study": "matrix_and_ray"}
+# once: the tests that use it share one worker. (test_study_ray.py puts all its tests on the
+# matrix run's worker itself.)
+SHARED_RUN_GROUPS = {"quick_run": "quick_run", "matrix_run": "matrix_and_ray"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks into the node ids
 def pytest_collection_modifyitems(items):
     for item in items:
         groups = {SHARED_RUN_GROUPS[name] for name in item.fixturenames if name in SHARED_RUN_GROUPS}
-        if item.path.name == "test_study_ray.py":
-            groups.add("matrix_and_ray")
+        groups |= {mark.args[0] for mark in item.iter_markers("xdist_group")}
         if len(groups) > 1:
             raise pytest.UsageError(f"{item.nodeid} uses runs of two worker groups: {sorted(groups)}")
         if groups:

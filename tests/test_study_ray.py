@@ -19,6 +19,9 @@ from conftest import MATRIX_RUN, ROOT, run_script
 from secure_ai_mnist.cache import StageCache
 
 pytest.importorskip("ray")
+# One worker for every Ray test and the matrix run: the killed-worker test picks a running study
+# task by its process name, so no other Ray study may run beside it.
+pytestmark = pytest.mark.xdist_group("matrix_and_ray")
 
 TINY = ("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1", "--poison-count", "30",
         "--reversal-steps", "10", "--pgd-limit", "20", "--curve-limit", "10", "--autoattack-iters", "5",
