@@ -41,16 +41,37 @@ COMPONENTS = (2, 3, 4)
 MIN_CLASS = 10 * PCA_DIMS  # fewer samples than this per class make the robust shape degenerate: not judged
 
 
+def plain_covariance(x: np.ndarray, assume_centered: bool = False) -> np.ndarray:
+    """The maximum-likelihood covariance (D, D) of x (N, D), as sklearn's ``empirical_covariance``
+    computes it, without its input validation: FastMCD calls it about 1,600 times per fit on
+    arrays it made itself, and the validation was half of the fit's time (sklearn 1.9)."""
+    x = np.asarray(x)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    covariance = np.dot(x.T, x) / x.shape[0] if assume_centered else np.cov(x.T, bias=1)
+    return np.atleast_2d(covariance)
+
+
+def min_cov_det(seed: int) -> Any:
+    """sklearn's ``MinCovDet`` (FastMCD) with ``plain_covariance`` in its inner loop: the same
+    estimate, digit for digit (a test holds it against the stock class), in about half the time."""
+    from sklearn.covariance import MinCovDet
+
+    class LeanMinCovDet(MinCovDet):
+        _nonrobust_covariance = staticmethod(plain_covariance)
+
+    return LeanMinCovDet(random_state=seed)
+
+
 def robust_whiten(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``features`` (N, D) in PCA_DIMS principal dimensions, centred on their minimum-covariance-
     determinant centre and whitened by its shape: (N, min(PCA_DIMS, D, N - 1)). Clean samples
     have roughly unit spread in every direction; the poisons cannot pull the centre to themselves."""
-    from sklearn.covariance import MinCovDet
     from sklearn.decomposition import PCA
 
     seed = int(rng.integers(2**31))
     reduced = PCA(min(PCA_DIMS, features.shape[1], len(features) - 1), random_state=seed).fit_transform(features)
-    fit = MinCovDet(random_state=seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)),
+    fit = min_cov_det(seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)),
                                                                 replace=False)])
     variances, axes = np.linalg.eigh(fit.covariance_)
     return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))

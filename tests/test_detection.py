@@ -137,6 +137,20 @@ def test_far_group_cuts_a_far_compact_minority_and_leaves_heavy_tails_alone(rng)
     assert info["separation"] >= detect_activations.MIN_SEPARATION
 
 
+def test_lean_min_cov_det_equals_sklearns_digit_for_digit(rng):
+    from sklearn.covariance import MinCovDet
+
+    # both FastMCD paths: one subset (n <= 500) and the merged subsets (n > 500); a far minority inside
+    for n in (300, 1200):
+        x = rng.standard_normal((n, 6)) @ rng.standard_normal((6, 6))
+        x[: n // 10] += 5.0
+        stock, lean = MinCovDet(random_state=4).fit(x), detect_activations.min_cov_det(4).fit(x)
+        for name in ("location_", "covariance_", "support_", "raw_covariance_", "dist_"):
+            assert np.array_equal(getattr(stock, name), getattr(lean, name)), name
+        assert not lean.support_[: n // 10].any()  # the minority is outside the robust fit
+    assert np.array_equal(detect_activations.plain_covariance(x), np.cov(x.T, bias=True))
+
+
 @pytest.fixture(scope="module")
 def blended_models():
     """A blended noise trigger (no patch, every pixel changed) on 60 synthetic images of other
