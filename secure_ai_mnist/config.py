@@ -132,6 +132,9 @@ class Config:
     robust_epochs: int = _opt(20, "planned epochs of the robust defense (its one-cycle lr spans them)")
     robust_lr: float = _opt(5e-3, "peak Adam learning rate of the robust defense's one-cycle schedule")
     robust_ramp_epochs: float = _opt(2.0, "epochs over which the robust defense's eps ramps up from 0 (0 = none)")
+    robust_train_eps: float = _opt(0.0, "L-infinity budget of the robust defense's training attacks (0 = --pgd-eps); "
+                                        "certified training trains above the evaluated eps; the overfitting guard and "
+                                        "every evaluation stay at --pgd-eps")
     robust_holdout: int = _opt(1000, "training images kept out of the robust defense's training to watch its "
                                      "robust accuracy (--robust-guard) each epoch (at most a fifth of the training set)")
     robust_pgd_epochs: int = _opt(16, "the robust defense's last this many epochs (all of them when larger) train on "
@@ -207,6 +210,7 @@ class Config:
             (self.robust_epochs >= 1, "--robust-epochs must be >= 1"),
             (self.robust_lr > 0, "--robust-lr must be > 0"),
             (self.robust_ramp_epochs >= 0, "--robust-ramp-epochs must be >= 0"),
+            (0 <= self.robust_train_eps <= 1, "--robust-train-eps must be in [0, 1] (0 = --pgd-eps)"),
             (self.robust_holdout >= 1, "--robust-holdout must be >= 1"),
             (self.robust_pgd_epochs >= 0, "--robust-pgd-epochs must be >= 0"),
             (self.robust_pgd_steps >= 1, "--robust-pgd-steps must be >= 1"),

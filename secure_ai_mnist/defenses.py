@@ -158,7 +158,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
                  "FGSM-RS", loss, accuracy, hold_clean, cfg.robust_guard, hold_robust, record["epoch_time_s"][-1])
         if steps not in record["epoch_steps"][:-1]:  # the first epoch of its kind: a new measurement
             check_budget(record, cfg, pgd_from)
-        full_eps = eps >= cfg.pgd_eps - 1e-9
+        full_eps = eps >= robust_train_eps(cfg) - 1e-9
         if full_eps and hold_robust > best[0]:
             best = (hold_robust, epoch, model.get_weights())
         collapsed = full_eps and best[0] - hold_robust > 0.2
@@ -247,18 +247,25 @@ def robust_epoch(step_fn: Any, x: np.ndarray, y: np.ndarray, order: np.ndarray, 
 
     def eps_at(progress: float) -> float:
         if not cfg.robust_ramp_epochs:
-            return cfg.pgd_eps
-        return cfg.pgd_eps * min(1.0, (epoch + progress) / cfg.robust_ramp_epochs)
+            return robust_train_eps(cfg)
+        return robust_train_eps(cfg) * min(1.0, (epoch + progress) / cfg.robust_ramp_epochs)
 
     return (*adversarial_epoch(step_fn, x, y, order, cfg.batch_size, eps_at, step_ratio, steps), steps)
+
+
+def robust_train_eps(cfg: Config) -> float:
+    """The eps of the robust defense's training attacks: cfg.robust_train_eps, or cfg.pgd_eps when 0."""
+    return cfg.robust_train_eps or cfg.pgd_eps
 
 
 def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
     """The robust defense's training record before its first epoch: the recipe and empty per-epoch lists."""
     method = "fgsm-rs one-cycle (robust profile)" + (
         f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
-        f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "")
-    return {"method": method, "eps": cfg.pgd_eps, "step_size": 1.25 * cfg.pgd_eps, "steps": 1,
+        f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "") + (
+        f", trained at eps {robust_train_eps(cfg):g}" if robust_train_eps(cfg) != cfg.pgd_eps else "")
+    eps = robust_train_eps(cfg)
+    return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
             "guard_attack": cfg.robust_guard, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),
             "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],

@@ -148,6 +148,23 @@ def test_trades_recipe_is_wired_deterministic_and_recorded():
         config.Config(robust_trades_beta=0.0)
 
 
+def test_robust_train_eps_reaches_the_training_attacks_and_the_guard_stays_at_the_evaluated_eps():
+    x, y = synthetic_digits(np.random.default_rng(7), 160)
+    recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=1, robust_holdout=32, robust_pgd_epochs=1,
+                  robust_pgd_steps=2, robust_guard="pgd10")
+    runs = {eps: defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_train_eps=eps), "robust",
+                                                      "train_eps") for eps in (0.0, 0.3, 0.4)}
+    weights = {eps: np.concatenate([w.ravel() for w in model.get_weights()]) for eps, (model, _) in runs.items()}
+    np.testing.assert_array_equal(weights[0.0], weights[0.3])  # 0 means --pgd-eps (0.3)
+    assert not np.array_equal(weights[0.3], weights[0.4])
+    record = runs[0.4][1]
+    assert record["epoch_eps"][-1] == pytest.approx(0.4) and record["eps"] == 0.4 and record["guard_eps"] == 0.3
+    assert record["kept_epoch"] == 2 and record["method"].endswith("trained at eps 0.4")
+    assert "trained at eps" not in runs[0.0][1]["method"]
+    with pytest.raises(common.ConfigError):
+        config.Config(robust_train_eps=1.5)
+
+
 def test_robust_training_refuses_a_budget_it_cannot_hold_and_never_shortens_the_recipe(caplog):
     x, y = synthetic_digits(np.random.default_rng(5), 200)
     recipe = dict(batch_size=64, robust_epochs=3, robust_ramp_epochs=0, robust_holdout=40, robust_pgd_epochs=1,
