@@ -260,11 +260,11 @@ def robust_train_eps(cfg: Config) -> float:
 
 def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
     """The robust defense's training record before its first epoch: the recipe and empty per-epoch lists."""
+    eps = robust_train_eps(cfg)
     method = "fgsm-rs one-cycle (robust profile)" + (
         f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
         f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "") + (
-        f", trained at eps {robust_train_eps(cfg):g}" if robust_train_eps(cfg) != cfg.pgd_eps else "")
-    eps = robust_train_eps(cfg)
+        f", trained at eps {eps:g}" if eps != cfg.pgd_eps else "")
     return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
             "guard_attack": cfg.robust_guard, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),

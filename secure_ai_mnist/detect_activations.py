@@ -54,7 +54,7 @@ def plain_covariance(x: np.ndarray, assume_centered: bool = False) -> np.ndarray
 
 def min_cov_det(seed: int) -> Any:
     """sklearn's ``MinCovDet`` (FastMCD) with ``plain_covariance`` in its inner loop: the same
-    estimate, digit for digit (a test holds it against the stock class), in about half the time."""
+    estimate, digit for digit (a test holds it against the stock class), in 25-40% less time."""
     from sklearn.covariance import MinCovDet
 
     class LeanMinCovDet(MinCovDet):
@@ -71,8 +71,7 @@ def robust_whiten(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
     seed = int(rng.integers(2**31))
     reduced = PCA(min(PCA_DIMS, features.shape[1], len(features) - 1), random_state=seed).fit_transform(features)
-    fit = min_cov_det(seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)),
-                                                                replace=False)])
+    fit = min_cov_det(seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)), replace=False)])
     variances, axes = np.linalg.eigh(fit.covariance_)
     return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))
 
