@@ -118,8 +118,8 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     cfg.robust_holdout training images kept out of training; the weights with the best held-out
     robust accuracy at full eps are kept, and training stops when that accuracy collapses (20
     points below its best). With cfg.robust_pgd_epochs, the last epochs train on PGD examples
-    instead, and a collapse during the FGSM-RS epochs restores the best weights and starts the
-    PGD epochs at once. Every planned epoch runs on every machine: when the first FGSM-RS epoch
+    instead, and a collapse during the FGSM-RS epochs (20 points below the peak at any eps, the
+    ramp's included) restores the peak's weights and starts the PGD epochs at once. Every planned epoch runs on every machine: when the first FGSM-RS epoch
     (and again the first PGD epoch) projects the recipe past cfg.robust_budget_min minutes,
     training raises TimeBudgetError instead of returning a shorter-trained model.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
@@ -139,7 +139,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
                           np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
     pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
     record = robust_record(cfg, len(x_tr), len(hold_idx))
-    best = (-1.0, -1, model.get_weights())
+    best = peak = (-1.0, -1, model.get_weights())  # best: at full eps (the kept model); peak: at any eps
     stop_reason = "planned epochs done"
     start = time.perf_counter()
     for epoch in range(cfg.robust_epochs):
@@ -161,15 +161,18 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         full_eps = eps >= robust_train_eps(cfg) - 1e-9
         if full_eps and hold_robust > best[0]:
             best = (hold_robust, epoch, model.get_weights())
-        collapsed = full_eps and best[0] - hold_robust > 0.2
-        if collapsed and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
-            # FGSM-RS has overfitted; PGD examples do not, so go back to the best weights and switch now.
-            model.set_weights(best[2])
+        if hold_robust > peak[0]:
+            peak = (hold_robust, epoch, model.get_weights())
+        # Against the peak at any eps: a collapse can come before the ramp ends (at training eps 0.4,
+        # 0.238 -> 0.011 between the last ramp epoch and the first full-eps one, unseen by `best`).
+        if peak[0] - hold_robust > 0.2 and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
+            # FGSM-RS has overfitted; PGD examples do not, so go back to the peak weights and switch now.
+            model.set_weights(peak[2])
             pgd_from = epoch + 1
             record["switched_to_pgd_after_epoch"] = epoch + 1
             LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
-                        "from the next epoch", label, best[0], hold_robust, best[1] + 1)
-        elif collapsed:
+                        "from the next epoch", label, peak[0], hold_robust, peak[1] + 1)
+        elif full_eps and best[0] - hold_robust > 0.2:
             stop_reason = (f"catastrophic overfitting: held-out robust accuracy fell from {best[0]:.3f} to "
                            f"{hold_robust:.3f}")
             LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)

@@ -165,6 +165,36 @@ def test_robust_train_eps_reaches_the_training_attacks_and_the_guard_stays_at_th
         config.Config(robust_train_eps=1.5)
 
 
+def test_a_collapse_right_after_the_ramp_switches_to_pgd_from_the_peak_weights(monkeypatch):
+    """Training eps 0.4 on 2026-12-04: held-out robust accuracy .012, .238 (last ramp epoch), .011,
+    .000 (full eps), and the guard, counting only full-eps epochs, saw no collapse."""
+    x, y = synthetic_digits(np.random.default_rng(8), 160)
+    scripted = iter([(0.9, 0.05), (0.9, 0.30), (0.9, 0.01), (0.9, 0.40), (0.9, 0.45)])
+    after_epoch, restored = [], []
+
+    def flat(weights):
+        return np.concatenate([w.ravel() for w in weights])
+
+    def guard(model, *_args):
+        set_weights = model.set_weights
+        model.set_weights = lambda weights: (restored.append(flat(weights)), set_weights(weights))
+
+        def measure():
+            after_epoch.append(flat(model.get_weights()))
+            return next(scripted)
+        return measure
+
+    monkeypatch.setattr(defenses, "holdout_guard", guard)
+    cfg = config.Config(batch_size=64, robust_epochs=5, robust_ramp_epochs=2, robust_holdout=32, robust_pgd_epochs=1,
+                        robust_pgd_steps=2, robust_guard="pgd10")
+    _, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "collapse")
+    assert record["epoch_eps"][1] < 0.3 <= record["epoch_eps"][2]  # epoch 2 is a ramp epoch; its peak counts
+    assert record["switched_to_pgd_after_epoch"] == 3 and record["epoch_steps"] == [1, 1, 1, 2, 2]
+    np.testing.assert_array_equal(restored[0], after_epoch[1])  # back to epoch 2's weights, not epoch 3's
+    assert not np.array_equal(after_epoch[1], after_epoch[2])
+    assert record["kept_epoch"] == 5 and record["stop_reason"] == "planned epochs done"
+
+
 def test_robust_training_refuses_a_budget_it_cannot_hold_and_never_shortens_the_recipe(caplog):
     x, y = synthetic_digits(np.random.default_rng(5), 200)
     recipe = dict(batch_size=64, robust_epochs=3, robust_ramp_epochs=0, robust_holdout=40, robust_pgd_epochs=1,
