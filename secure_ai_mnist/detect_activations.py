@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from .common import LOG, NUM_CLASSES
 from .config import Config
@@ -116,15 +117,19 @@ def per_class_far_groups(features: np.ndarray, y: np.ndarray, score: Callable[[n
     """``far_group`` of ``score(features of one class)`` for every class with at least MIN_CLASS
     samples. Returns (flags bool (N,), a report per class, the classes with a flagged group)."""
     flags, per_class = np.zeros(len(y), bool), {}
-    for label in range(NUM_CLASSES):
-        members = np.flatnonzero(y == label)
-        if len(members) < MIN_CLASS:
-            per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
-                                     "skipped": f"fewer than {MIN_CLASS} samples"}
-            continue
-        group, info = far_group(score(features[members]), seed)
-        flags[members[group]] = True
-        per_class[str(label)] = {**info, "flagged": int(group.sum())}
+    # One BLAS and OpenMP thread: these are small problems (PCA to 10 dims, FastMCD on <= 2,000
+    # points, k-means and mixtures on one score per sample), where starting and joining a second
+    # thread costs more than it saves; and one thread sums in the same order on every core count.
+    with threadpool_limits(limits=1):
+        for label in range(NUM_CLASSES):
+            members = np.flatnonzero(y == label)
+            if len(members) < MIN_CLASS:
+                per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
+                                         "skipped": f"fewer than {MIN_CLASS} samples"}
+                continue
+            group, info = far_group(score(features[members]), seed)
+            flags[members[group]] = True
+            per_class[str(label)] = {**info, "flagged": int(group.sum())}
     return flags, per_class, [int(c) for c, info in per_class.items() if info["flagged"]]
 
 
