@@ -119,9 +119,10 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     robust accuracy at full eps are kept, and training stops when that accuracy collapses (20
     points below its best). With cfg.robust_pgd_epochs, the last epochs train on PGD examples
     instead, and a collapse during the FGSM-RS epochs (20 points below the peak at any eps, the
-    ramp's included) restores the peak's weights and starts the PGD epochs at once. Every planned epoch runs on every machine: when the first FGSM-RS epoch
-    (and again the first PGD epoch) projects the recipe past cfg.robust_budget_min minutes,
-    training raises TimeBudgetError instead of returning a shorter-trained model.
+    ramp's included) restores the peak's weights and starts the PGD epochs at once. Every planned
+    epoch runs on every machine: when the first FGSM-RS epoch (and again the first PGD epoch)
+    projects the recipe past cfg.robust_budget_min minutes, training raises TimeBudgetError
+    instead of returning a shorter-trained model.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
     and why training stopped)."""
     import keras
