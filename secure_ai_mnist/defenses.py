@@ -149,14 +149,10 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
                                                   pgd_from)
         t1 = time.perf_counter()
         hold_clean, hold_robust = guard()
-        for key, value in (("loss", loss), ("accuracy", accuracy), ("epoch_eps", eps), ("epoch_steps", steps),
-                           ("holdout_clean", hold_clean), ("holdout_robust", hold_robust),
-                           ("epoch_time_s", round(time.perf_counter() - t0, 3)),
-                           ("guard_time_s", round(time.perf_counter() - t1, 3))):
-            record[key].append(value)
-        LOG.info("%s epoch %d/%d (eps %.3f, %s): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, "
-                 "%s %.4f (%.1f s)", label, epoch + 1, cfg.robust_epochs, eps, "PGD-%d" % steps if steps > 1 else
-                 "FGSM-RS", loss, accuracy, hold_clean, cfg.robust_guard, hold_robust, record["epoch_time_s"][-1])
+        log_epoch(record, cfg, label, {"loss": loss, "accuracy": accuracy, "epoch_eps": eps, "epoch_steps": steps,
+                                       "holdout_clean": hold_clean, "holdout_robust": hold_robust,
+                                       "epoch_time_s": round(time.perf_counter() - t0, 3),
+                                       "guard_time_s": round(time.perf_counter() - t1, 3)})
         if steps not in record["epoch_steps"][:-1]:  # the first epoch of its kind: a new measurement
             check_budget(record, cfg, pgd_from)
         full_eps = eps >= robust_train_eps(cfg) - 1e-9
@@ -275,6 +271,17 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
             "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
             "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
             "guard_time_s": [], "projected_min": []}
+
+
+def log_epoch(record: dict[str, Any], cfg: Config, label: str, epoch: dict[str, Any]) -> None:
+    """Append one epoch's numbers to the record's per-epoch lists and log them."""
+    for key, value in epoch.items():
+        record[key].append(value)
+    steps = epoch["epoch_steps"]
+    LOG.info("%s epoch %d/%d (eps %.3f, %s): adversarial loss %.4f, accuracy %.4f; held-out clean %.4f, %s %.4f "
+             "(%.1f s)", label, len(record["loss"]), cfg.robust_epochs, epoch["epoch_eps"],
+             "PGD-%d" % steps if steps > 1 else "FGSM-RS", epoch["loss"], epoch["accuracy"], epoch["holdout_clean"],
+             cfg.robust_guard, epoch["holdout_robust"], epoch["epoch_time_s"])
 
 
 def projected_minutes(record: dict[str, Any], cfg: Config, pgd_from: int) -> float:
