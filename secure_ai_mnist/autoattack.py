@@ -19,7 +19,7 @@ from collections.abc import Callable
 from .attacks import check_linf_bound, logits_model
 from .common import IMAGE_SHAPE, LOG, NUM_CLASSES
 from .config import Config
-from .fab import run_fab
+from .fab import make_fab, run_fab
 
 if TYPE_CHECKING:
     import keras
@@ -148,15 +148,16 @@ def predicted(model: keras.Model, x: np.ndarray, batch_size: int) -> np.ndarray:
 
 def run_apgd(
     model: keras.Model, x: np.ndarray, y: np.ndarray, target: np.ndarray, loss: str, eps: float, n_iter: int,
-    rng: np.random.Generator, batch_size: int,
+    rng: np.random.Generator, batch_size: int, attack: Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """APGD (``make_apgd``) from a uniform random start in the eps ball, batched.
+    """APGD (``make_apgd``) from a uniform random start in the eps ball, batched. ``attack``, when
+    given, is ``make_apgd(model, loss)``'s function: repeated calls then share one trace.
 
     Returns (x_adv float32 within eps of x and in [0, 1], fooled bool (N,)).
     """
     import tensorflow as tf
 
-    attack, spans = make_apgd(model, loss), tf.constant(apgd_schedule(n_iter))
+    attack, spans = attack or make_apgd(model, loss), tf.constant(apgd_schedule(n_iter))
     x_adv, fooled = np.empty_like(x, dtype=np.float32), np.zeros(len(x), bool)
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].astype(np.float32, copy=False)
@@ -288,11 +289,14 @@ def whitebox_ensemble(
     masks["apgd_ce"] = robust.copy()
     LOG.info("  APGD-CE (%d iterations): %d of %d still robust", n_iter, robust.sum(), len(y))
     ranked = np.argsort(-np.where(np.eye(NUM_CLASSES, dtype=bool)[y], -np.inf, logits), axis=1, kind="stable")
+    # One compiled function per attack for all target rounds: a trace costs about a second of a
+    # tiny run, and the graph is the same each round.
+    apgd_t, fab_t = make_apgd(model, "dlr-targeted"), make_fab(model)
     targeted_rounds(robust, ranked, targets, "APGD-T (DLR)", lambda idx, target: run_apgd(
-        model, x[idx], y[idx], target, "dlr-targeted", eps, n_iter, rng, batch_size)[1])
+        model, x[idx], y[idx], target, "dlr-targeted", eps, n_iter, rng, batch_size, apgd_t)[1])
     masks["apgd_t"] = robust.copy()
     targeted_rounds(robust, ranked, targets, "FAB-T", lambda idx, target: run_fab(
-        model, x[idx], y[idx], target, eps, n_iter, batch_size)[1])
+        model, x[idx], y[idx], target, eps, n_iter, batch_size, fab_t)[1])
     masks["fab_t"] = robust.copy()
     return masks
 

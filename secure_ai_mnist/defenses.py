@@ -328,14 +328,15 @@ def holdout_guard(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
 
     from .attacks import linf_attack
 
+    from .autoattack import make_apgd, run_apgd
+
     attack = make_linf_attack(model)
+    apgd = make_apgd(model, "ce") if cfg.robust_guard == "apgd" else None  # one trace for every epoch
 
     def measure() -> tuple[float, float]:
         clean = float(np.mean(attack.labels(tf.constant(x)).numpy() == y))
-        if cfg.robust_guard == "apgd":
-            from .autoattack import run_apgd
-
-            fooled = run_apgd(model, x, y, y, "ce", cfg.pgd_eps, 20, rng, cfg.attack_batch_size)[1]
+        if apgd is not None:
+            fooled = run_apgd(model, x, y, y, "ce", cfg.pgd_eps, 20, rng, cfg.attack_batch_size, apgd)[1]
         else:
             fooled = linf_attack(attack, x, y, cfg.pgd_eps, 0.25 * cfg.pgd_eps, 10, restarts=1, rng=rng,
                                  batch_size=cfg.attack_batch_size)[1]

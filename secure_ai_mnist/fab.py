@@ -104,14 +104,16 @@ def make_fab(model: keras.Model) -> Callable[..., Any]:
 
 def run_fab(
     model: keras.Model, x: np.ndarray, y: np.ndarray, target: np.ndarray, eps: float, n_iter: int, batch_size: int,
+    attack: Callable[..., Any] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """FAB-T (``make_fab``) from the clean images (AutoAttack's standard setting: one run, no
-    random start), batched. Returns (x_adv float32 within eps of x and in [0, 1], fooled bool
+    random start), batched; ``attack``, when given, is ``make_fab(model)``'s function (one trace
+    for repeated calls). Returns (x_adv float32 within eps of x and in [0, 1], fooled bool
     (N,), the smallest L-inf distance found (N,), inf where none): x_adv is FAB's point pulled
     into the eps ball, and fooled says the model misclassifies it."""
     import tensorflow as tf
 
-    attack = make_fab(model)
+    attack = attack or make_fab(model)
     x_adv, norms = np.empty_like(x, dtype=np.float32), np.full(len(x), np.inf, np.float32)
     fooled = np.zeros(len(x), bool)
     net = logits_model(model)
