@@ -110,8 +110,8 @@ def quick_run(tmp_path_factory, mnist_dir):
 
 
 # Under `pytest -n 2 --dist loadgroup` (the README's command) each shared end-to-end run is made
-# once: the tests that use it share one worker. (test_study_ray.py puts all its tests on the
-# matrix run's worker itself.)
+# once: the tests that use it share one worker. (test_study_ray.py puts its study tests in one
+# group of their own, beside the matrix run's.)
 SHARED_RUN_GROUPS = {"quick_run": "quick_run", "matrix_run": "matrix_and_ray"}
 
 

@@ -107,7 +107,7 @@ def planted():
 
 def test_detector_finds_planted_poisons_blind(planted):
     x, y, poisons, trained = planted
-    flagged, check, report = detect_reversal.detect_backdoor(trained, x, y, steps=200, seed=0)
+    flagged, check, report = detect_reversal.detect_backdoor(trained, x, y, steps=100, seed=0)
     m = detection.detection_metrics(flagged, np.isin(np.arange(len(y)), poisons))
     assert m["precision"] >= 0.9 and m["recall"] >= 0.9, (m, report)
     assert report["suspicious_classes"] == [3] and check.classes.tolist() == [3]
@@ -122,7 +122,7 @@ def test_detector_finds_planted_poisons_blind(planted):
 
 def test_detector_flags_nothing_on_an_unpoisoned_model(tiny_model):
     x, y = synthetic_digits(np.random.default_rng(1), 400)  # tiny_model's own training set
-    flagged, check, report = detect_reversal.detect_backdoor(tiny_model, x, y, steps=200, seed=0)
+    flagged, check, report = detect_reversal.detect_backdoor(tiny_model, x, y, steps=100, seed=0)
     assert flagged.sum() == 0 and report["suspicious_classes"] == [] and len(check.classes) == 0
 
 

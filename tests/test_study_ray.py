@@ -19,9 +19,11 @@ from conftest import MATRIX_RUN, ROOT, run_script
 from secure_ai_mnist.cache import StageCache
 
 pytest.importorskip("ray")
-# One worker for every Ray test and the matrix run: the killed-worker test picks a running study
-# task by its process name, so no other Ray study may run beside it.
-pytestmark = pytest.mark.xdist_group("matrix_and_ray")
+# The study tests share one worker: the killed-worker test picks a running study task by its
+# process name (ray::pipeline_task), so no other Ray study may run beside it. The matrix points'
+# Ray test runs other task functions on its own local instance (ray.init(address="local")), so it
+# stays with the matrix run on the other group, and the two long groups run side by side.
+STUDY_GROUP = pytest.mark.xdist_group("ray_study")
 
 TINY = ("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1", "--poison-count", "30",
         "--reversal-steps", "10", "--pgd-limit", "20", "--curve-limit", "10", "--autoattack-iters", "5",
@@ -53,6 +55,7 @@ def serial_study(tmp_path_factory, mnist_dir):
     return out
 
 
+@STUDY_GROUP
 def test_serial_study_writes_each_seed_and_the_aggregate(serial_study):
     study = json.loads((serial_study / "study_summary.json").read_text())
     assert study["seeds"] == [1, 2] and study["executor"] == "serial"
@@ -96,6 +99,7 @@ def test_sweep_and_matrix_points_on_two_ray_workers_give_the_serial_numbers(matr
     assert ray_matrix == serial_matrix and ray_sweep == serial_sweep
 
 
+@STUDY_GROUP
 def test_threads_flag_pins_numpy_blas_as_a_ray_worker_does():
     # A Ray worker starts with one BLAS thread; a serial run with --threads 1 must sum in the same order.
     code = ("from threadpoolctl import threadpool_info\n"
@@ -120,6 +124,7 @@ def task_pids():
     return [int(line.split()[0]) for line in proc.stdout.splitlines() if "ray::pipeline_task" in line]
 
 
+@STUDY_GROUP
 def test_cluster_study_survives_a_killed_worker(serial_study, tmp_path, mnist_dir):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
