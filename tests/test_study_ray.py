@@ -25,7 +25,7 @@ pytest.importorskip("ray")
 # stays with the matrix run on the other group, and the two long groups run side by side.
 STUDY_GROUP = pytest.mark.xdist_group("ray_study")
 
-TINY = ("--quick", "--train-limit", "500", "--test-limit", "100", "--epochs", "1", "--poison-count", "30",
+TINY = ("--quick", "--train-limit", "1000", "--test-limit", "200", "--epochs", "1", "--poison-count", "30",
         "--reversal-steps", "10", "--pgd-limit", "20", "--curve-limit", "10", "--autoattack-iters", "5",
         "--autoattack-targets", "1", "--square-queries", "0", "--stability-limit", "0", "--threads", "1",
         "--no-cache", "--seeds", "1,2")
