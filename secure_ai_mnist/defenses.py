@@ -327,7 +327,6 @@ def holdout_guard(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config,
     import tensorflow as tf
 
     from .attacks import linf_attack
-
     from .autoattack import make_apgd, run_apgd
 
     attack = make_linf_attack(model)
