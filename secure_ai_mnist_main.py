@@ -75,6 +75,7 @@ from secure_ai_mnist.evaluation import (
     evaluate_defense,
     robustness_tables,
 )
+from secure_ai_mnist.executor import ray_session
 from secure_ai_mnist.inference import run_evaluate, run_predict
 from secure_ai_mnist.model import (
     configure_tensorflow,
@@ -649,7 +650,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     setup_logging(cfg.log_level)
     run_log = RunLog(cfg.output_dir / "run.log")
-    code = guarded(lambda: run_study(cfg, argv) if cfg.seeds else run_pipeline(cfg, argv))
+    with ray_session():  # one Ray connection per run, if the run asks for Ray at all
+        code = guarded(lambda: run_study(cfg, argv) if cfg.seeds else run_pipeline(cfg, argv))
     run_log.close(succeeded=code == 0)
     return code
 

@@ -5,11 +5,16 @@ process one item after another (the default), or as Ray tasks on a local Ray ins
 We schedule nothing ourselves: Ray places the tasks, retries a task whose worker died
 (TASK_RETRIES times), and returns the results in the order of the items. Ray is imported only
 here and only when asked for, so the default run needs no service and does not import it.
+One run connects to Ray once: the first call of ``run_tasks`` starts (or joins) it and
+``ray_session`` shuts it down when the run ends, so the sweep's and the matrix's several rounds
+of tasks share one instance and its workers, which keep TensorFlow loaded between tasks.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .common import LOG, UserError
@@ -38,14 +43,24 @@ def run_tasks(work: Callable[..., Any], items: Sequence[Item], workers: int = 0,
         import ray
     except ImportError as exc:
         raise UserError("--workers and --ray-address need Ray: pip install 'ray[default]'") from exc
-    # Workers on this machine import the project from its checkout; on other nodes it must be installed there too.
-    ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
-             runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}, log_to_driver=True)
+    if not ray.is_initialized():  # a run's later rounds reuse the instance (and its idle workers)
+        # Workers on this machine import the project from its checkout; on other nodes it must be installed there too.
+        ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}, log_to_driver=True)
+    LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",
+             ray.cluster_resources().get("CPU"))
+    remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(work)
+    refs = tuple(ray.put(value) for value in extra)
+    return ray.get([remote.remote(item, *refs) for item in items])
+
+
+@contextmanager
+def ray_session() -> Iterator[None]:
+    """Around one run: on exit, shut down the Ray connection that ``run_tasks`` opened inside, if
+    any (a run that used no Ray never imports it)."""
     try:
-        LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",
-                 ray.cluster_resources().get("CPU"))
-        remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(work)
-        refs = tuple(ray.put(value) for value in extra)
-        return ray.get([remote.remote(item, *refs) for item in items])
+        yield
     finally:
-        ray.shutdown()
+        ray = sys.modules.get("ray")
+        if ray is not None and ray.is_initialized():
+            ray.shutdown()
