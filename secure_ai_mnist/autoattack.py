@@ -274,29 +274,37 @@ def run_square(model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, que
     return x_adv, predicted(model, x_adv, 256).argmax(axis=1) != y
 
 
+def make_ensemble(model: keras.Model) -> dict[str, Callable[..., Any]]:
+    """The white-box ensemble's compiled attacks on ``model`` (apgd_ce, apgd_t, fab_t). Built once
+    per model and passed to every ``whitebox_ensemble`` call on it, so that all target rounds and
+    the stability rerun share one trace each: a trace costs about a second of a tiny run, and
+    the iteration count is an argument of the graph, not part of it."""
+    return {"apgd_ce": make_apgd(model, "ce"), "apgd_t": make_apgd(model, "dlr-targeted"), "fab_t": make_fab(model)}
+
+
 def whitebox_ensemble(
     model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_iter: int, targets: int,
-    rng: np.random.Generator, batch_size: int,
+    rng: np.random.Generator, batch_size: int, attacks: dict[str, Callable[..., Any]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Clean check, APGD-CE, APGD-T (DLR) and FAB-T, each targeted run on each of the ``targets``
     highest-scoring other classes by the clean logits, each attack on the points still robust.
+    ``attacks``: ``make_ensemble(model)``, built here when not given.
     Returns the robust mask bool (N,) after each attack in turn (clean, apgd_ce, apgd_t, fab_t)."""
+    attacks = attacks or make_ensemble(model)
     logits = predicted(model, x, batch_size)
     robust = logits.argmax(axis=1) == y
     masks = {"clean": robust.copy()}
     todo = np.flatnonzero(robust)
-    robust[todo] &= ~run_apgd(model, x[todo], y[todo], y[todo], "ce", eps, n_iter, rng, batch_size)[1]
+    robust[todo] &= ~run_apgd(model, x[todo], y[todo], y[todo], "ce", eps, n_iter, rng, batch_size,
+                              attacks["apgd_ce"])[1]
     masks["apgd_ce"] = robust.copy()
     LOG.info("  APGD-CE (%d iterations): %d of %d still robust", n_iter, robust.sum(), len(y))
     ranked = np.argsort(-np.where(np.eye(NUM_CLASSES, dtype=bool)[y], -np.inf, logits), axis=1, kind="stable")
-    # One compiled function per attack for all target rounds: a trace costs about a second of a
-    # tiny run, and the graph is the same each round.
-    apgd_t, fab_t = make_apgd(model, "dlr-targeted"), make_fab(model)
     targeted_rounds(robust, ranked, targets, "APGD-T (DLR)", lambda idx, target: run_apgd(
-        model, x[idx], y[idx], target, "dlr-targeted", eps, n_iter, rng, batch_size, apgd_t)[1])
+        model, x[idx], y[idx], target, "dlr-targeted", eps, n_iter, rng, batch_size, attacks["apgd_t"])[1])
     masks["apgd_t"] = robust.copy()
     targeted_rounds(robust, ranked, targets, "FAB-T", lambda idx, target: run_fab(
-        model, x[idx], y[idx], target, eps, n_iter, batch_size, fab_t)[1])
+        model, x[idx], y[idx], target, eps, n_iter, batch_size, attacks["fab_t"])[1])
     masks["fab_t"] = robust.copy()
     return masks
 
@@ -337,9 +345,9 @@ def autoattack(
     AutoAttack reports it). When n is below len(y), ``whitebox_all`` holds the white-box attacks'
     figures on all points, an upper bound kept apart from the headline.
     """
-    start = time.perf_counter()
+    start, attacks = time.perf_counter(), make_ensemble(model)
     masks = whitebox_ensemble(model, x, y, cfg.pgd_eps, cfg.autoattack_iters, cfg.autoattack_targets, rng,
-                              cfg.attack_batch_size)
+                              cfg.attack_batch_size, attacks)
     n = square_subset(cfg, len(y))
     robust = masks["fab_t"][:n].copy()
     if cfg.square_queries:
@@ -359,19 +367,21 @@ def autoattack(
     LOG.info("AutoAttack %s: robust accuracy %.4f on %d images (APGD-CE %.4f, APGD-T %.4f, FAB-T %.4f) in %.1f s",
              label, info["robust_accuracy"], n, info["per_attack"]["apgd_ce"], info["per_attack"]["apgd_t"],
              info["per_attack"]["fab_t"], info["time_s"])
-    info["checks"] = failure_checks(model, x, y, masks["fab_t"], cfg, rng)
+    info["checks"] = failure_checks(model, x, y, masks["fab_t"], cfg, rng, attacks)
     return robust, info
 
 
 def failure_checks(
     model: keras.Model, x: np.ndarray, y: np.ndarray, whitebox: np.ndarray, cfg: Config, rng: np.random.Generator,
+    attacks: dict[str, Callable[..., Any]] | None = None,
 ) -> dict[str, Any]:
     """The share of points with an all-zero input gradient, and the white-box ensemble rerun with
     twice the iterations on the first cfg.stability_limit points (``whitebox`` is the first run's
-    robust mask): a robust accuracy that still moves has not converged."""
+    robust mask; ``attacks`` the first run's ``make_ensemble``): a robust accuracy that still
+    moves has not converged."""
     n = min(cfg.stability_limit, len(y))
     double = whitebox_ensemble(model, x[:n], y[:n], cfg.pgd_eps, 2 * cfg.autoattack_iters,
-                               cfg.autoattack_targets, rng, cfg.attack_batch_size)["fab_t"]
+                               cfg.autoattack_targets, rng, cfg.attack_batch_size, attacks)["fab_t"]
     return {"zero_gradient_share": zero_gradient_share(model, x, y, cfg.attack_batch_size),
             "stability": {"n": int(n), "iterations": [cfg.autoattack_iters, 2 * cfg.autoattack_iters],
                           "accuracy": [float(whitebox[:n].mean()), float(double.mean())] if n else []}}
