@@ -47,6 +47,7 @@ def run_tasks(work: Callable[..., Any], items: Sequence[Item], workers: int = 0,
         # Workers on this machine import the project from its checkout; on other nodes it must be installed there too.
         ray.init(address=address or "local", num_cpus=None if address else workers, include_dashboard=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(PROJECT_ROOT)}}, log_to_driver=True)
+        LOG.info("Ray: connected to %s for the rest of this run", address or "a new local instance")
     LOG.info("Ray: %d tasks on %s (%s CPUs)", len(items), address or "a local instance",
              ray.cluster_resources().get("CPU"))
     remote = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(work)

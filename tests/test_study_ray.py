@@ -88,6 +88,7 @@ def test_sweep_and_matrix_points_on_two_ray_workers_give_the_serial_numbers(matr
                       "--output-dir", str(out), timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Ray: 2 tasks" in proc.stderr and "Ray: 1 tasks" in proc.stderr  # the points ran as Ray tasks
+    assert proc.stderr.count("Ray: connected") == 1  # five rounds of tasks, one Ray instance
 
     def points(run):
         backdoor = json.loads((run / "metrics_summary_tasks5_6_7.json").read_text())["backdoor"]
