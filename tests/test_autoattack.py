@@ -83,11 +83,17 @@ def test_our_square_at_least_as_strong_as_art_square(tiny_model, probe):
     assert our_acc <= art_acc + 2 * np.sqrt(art_acc * (1 - art_acc) / len(y)), (our_acc, art_acc)
 
 
-def test_ensemble_is_cumulative_and_worst_case(tiny_model, probe):
+def test_ensemble_is_cumulative_and_worst_case(tiny_model, probe, monkeypatch):
     x, y = probe
     cfg = Config(pgd_eps=EPS, autoattack_iters=20, autoattack_targets=3, square_queries=50, square_limit=40,
                  stability_limit=30)
+    built, make = [], autoattack.make_ensemble
+    monkeypatch.setattr(autoattack, "make_ensemble", lambda model: built.append(make(model)) or built[-1])
     robust, info = autoattack.autoattack(tiny_model, x, y, cfg, np.random.default_rng(1), "tiny")
+    # One compiled function per attack for the whole evaluation (every target round and the
+    # stability rerun with twice the iterations), each traced once.
+    assert len(built) == 1 and {name: fn.experimental_get_tracing_count() for name, fn in built[0].items()} == {
+        "apgd_ce": 1, "apgd_t": 1, "fab_t": 1}
     after = info["per_attack"]
     assert list(after) == ["clean", "apgd_ce", "apgd_t", "fab_t", "square"]
     assert after["clean"] >= after["apgd_ce"] >= after["apgd_t"] >= after["fab_t"] >= after["square"]
