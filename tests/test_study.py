@@ -89,7 +89,8 @@ def test_serial_executor_keeps_the_order_and_the_default_run_never_imports_ray()
 
     assert executor.run_tasks(lambda x: x * x, [3, 1, 2]) == [9, 1, 4]
     program = ("import sys, secure_ai_mnist_main\nfrom secure_ai_mnist import executor, study\n"
-               "assert executor.run_tasks(abs, [-1]) == [1]\nassert 'ray' not in sys.modules, 'ray imported'")
+               "with executor.ray_session():\n    assert executor.run_tasks(abs, [-1]) == [1]\n"
+               "assert 'ray' not in sys.modules, 'ray imported'")
     proc = subprocess.run([sys.executable, "-c", program], cwd=executor.PROJECT_ROOT, capture_output=True, text=True,
                           check=False, timeout=300)  # nosec B603 - this interpreter, fixed program
     assert proc.returncode == 0, proc.stderr[-2000:]
