@@ -20,6 +20,7 @@ recovers no trigger, so it gives no runtime check.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -64,17 +65,35 @@ def min_cov_det(seed: int) -> Any:
     return LeanMinCovDet(random_state=seed)
 
 
+def whitening_draws(n: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
+    """The random choices of ``robust_whiten`` on n samples, drawn from ``rng`` in its order:
+    (the PCA and FastMCD seed, the indices of the up to FIT_LIMIT samples the fit sees, no repeats)."""
+    seed = int(rng.integers(2**31))
+    return seed, rng.choice(n, size=min(FIT_LIMIT, n), replace=False)
+
+
+def whiten(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
+    """``robust_whiten`` with its random choices given (``whitening_draws``): the same result
+    for the same draws, in whichever process it runs."""
+    from sklearn.decomposition import PCA
+
+    seed, fit_indices = draws
+    reduced = PCA(min(PCA_DIMS, features.shape[1], len(features) - 1), random_state=seed).fit_transform(features)
+    fit = min_cov_det(seed).fit(reduced[fit_indices])
+    variances, axes = np.linalg.eigh(fit.covariance_)
+    return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))
+
+
 def robust_whiten(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """``features`` (N, D) in PCA_DIMS principal dimensions, centred on their minimum-covariance-
     determinant centre and whitened by its shape: (N, min(PCA_DIMS, D, N - 1)). Clean samples
     have roughly unit spread in every direction; the poisons cannot pull the centre to themselves."""
-    from sklearn.decomposition import PCA
+    return whiten(features, whitening_draws(len(features), rng))
 
-    seed = int(rng.integers(2**31))
-    reduced = PCA(min(PCA_DIMS, features.shape[1], len(features) - 1), random_state=seed).fit_transform(features)
-    fit = min_cov_det(seed).fit(reduced[rng.choice(len(reduced), size=min(FIT_LIMIT, len(reduced)), replace=False)])
-    variances, axes = np.linalg.eigh(fit.covariance_)
-    return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))
+
+def log_robust_distances(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
+    """log of ``robust_distances`` with the draws given: activation_outliers' score (N,)."""
+    return np.log(np.sum(whiten(features, draws) ** 2, axis=1) + 1e-9)
 
 
 def robust_distances(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -112,25 +131,48 @@ def far_group(scores: np.ndarray, seed: int, population: int | None = None) -> t
     return (np.isin(component, order[cut + 1 :]) if wide else none), info
 
 
-def per_class_far_groups(features: np.ndarray, y: np.ndarray, score: Callable[[np.ndarray], np.ndarray],
-                         seed: int) -> tuple[np.ndarray, dict[str, Any], list[int]]:
-    """``far_group`` of ``score(features of one class)`` for every class with at least MIN_CLASS
-    samples. Returns (flags bool (N,), a report per class, the classes with a flagged group)."""
-    flags, per_class = np.zeros(len(y), bool), {}
-    # One BLAS and OpenMP thread: these are small problems (PCA to 10 dims, FastMCD on <= 2,000
-    # points, k-means and mixtures on one score per sample), where starting and joining a second
-    # thread costs more than it saves; and one thread sums in the same order on every core count.
+ClassScore = Callable[[np.ndarray, tuple[int, np.ndarray]], np.ndarray]
+
+
+def class_far_group(score: ClassScore, features: np.ndarray, draws: tuple[int, np.ndarray],
+                    seed: int) -> tuple[np.ndarray, dict[str, Any]]:
+    """``far_group`` of one class's ``score(features, draws)``, on one BLAS and OpenMP thread:
+    these are small problems (PCA to 10 dims, FastMCD on <= 2,000 points, mixtures on one score
+    per sample), where a second thread costs more than it saves, and one thread sums in the same
+    order on every machine."""
     with threadpool_limits(limits=1):
-        for label in range(NUM_CLASSES):
-            members = np.flatnonzero(y == label)
-            if len(members) < MIN_CLASS:
-                per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
-                                         "skipped": f"fewer than {MIN_CLASS} samples"}
-                continue
-            group, info = far_group(score(features[members]), seed)
-            flags[members[group]] = True
-            per_class[str(label)] = {**info, "flagged": int(group.sum())}
+        return far_group(score(features, draws), seed)
+
+
+def per_class_far_groups(features: np.ndarray, y: np.ndarray, score: ClassScore, rng: np.random.Generator,
+                         seed: int, jobs: int = 1) -> tuple[np.ndarray, dict[str, Any], list[int]]:
+    """``far_group`` of ``score(features of one class, its whitening_draws)`` for every class with
+    at least MIN_CLASS samples, the classes on up to ``jobs`` processes (``score`` a module-level
+    function). The draws come from ``rng`` class by class first, so the result does not depend on
+    ``jobs``. Returns (flags bool (N,), a report per class, the classes with a flagged group)."""
+    from joblib import Parallel, delayed
+
+    members = [np.flatnonzero(y == label) for label in range(NUM_CLASSES)]
+    judged = [label for label in range(NUM_CLASSES) if len(members[label]) >= MIN_CLASS]
+    draws = {label: whitening_draws(len(members[label]), rng) for label in judged}
+    # FastMCD spends its time in Python-level loops (the GIL), so the classes go to processes.
+    groups = Parallel(n_jobs=min(jobs, len(judged)) or 1)(
+        delayed(class_far_group)(score, features[members[label]], draws[label], seed) for label in judged)
+    flags, per_class = np.zeros(len(y), bool), {}
+    for label in range(NUM_CLASSES):
+        if label not in draws:
+            per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
+                                     "skipped": f"fewer than {MIN_CLASS} samples"}
+            continue
+        group, info = groups[judged.index(label)]
+        flags[members[label][group]] = True
+        per_class[str(label)] = {**info, "flagged": int(group.sum())}
     return flags, per_class, [int(c) for c, info in per_class.items() if info["flagged"]]
+
+
+def detection_jobs(cfg: Config) -> int:
+    """Processes for the per-class fits: --threads, or every core (0). The result is the same either way."""
+    return cfg.threads or os.cpu_count() or 1
 
 
 def detect_activation_outliers(model: keras.Model, x: np.ndarray, y: np.ndarray, cfg: Config) -> Detection:
@@ -139,10 +181,9 @@ def detect_activation_outliers(model: keras.Model, x: np.ndarray, y: np.ndarray,
     count, target class or trigger."""
     start = time.perf_counter()
     seed = stage_seed(cfg.seed, "activation outliers")
-    rng = np.random.default_rng(seed)
     features = layer_output(model, "penultimate", x)
-    flags, per_class, suspicious = per_class_far_groups(
-        features, y, lambda class_features: np.log(robust_distances(class_features, rng) + 1e-9), seed)
+    flags, per_class, suspicious = per_class_far_groups(features, y, log_robust_distances, np.random.default_rng(seed),
+                                                        seed, detection_jobs(cfg))
     report = {"method": "per class: penultimate activations, PCA to 10 dims, robust (MCD) Mahalanobis distance, "
                         "BIC-chosen Gaussian mixture on the log distances, far minority component flagged",
               "layer": "penultimate", "pca_dims": PCA_DIMS, "min_separation": MIN_SEPARATION,

@@ -151,6 +151,30 @@ def test_lean_min_cov_det_equals_sklearns_digit_for_digit(rng):
     assert np.array_equal(detect_activations.plain_covariance(x), np.cov(x.T, bias=True))
 
 
+def test_per_class_far_groups_give_the_same_flags_on_one_or_two_processes(rng):
+    """The classes' fits run on processes; their random draws must still come from the one rng
+    in class order (a skipped class draws nothing), as one loop over robust_distances would."""
+    counts = [detect_activations.MIN_CLASS // 2] + [300] * 9  # class 0 is too small to judge
+    y = np.repeat(np.arange(10), counts)
+    features = rng.standard_normal((len(y), 16)) + y[:, None]
+    planted = np.flatnonzero(y == 3)[:30]
+    features[planted] += 12.0
+    reference, infos = np.zeros(len(y), bool), {}
+    draws = np.random.default_rng(11)
+    for label in range(1, 10):  # the loop the processes replace
+        members = np.flatnonzero(y == label)
+        scores = np.log(detect_activations.robust_distances(features[members], draws) + 1e-9)
+        group, infos[str(label)] = detect_activations.far_group(scores, 5)
+        reference[members[group]] = True
+    assert np.array_equal(np.flatnonzero(reference), planted)
+    runs = [detect_activations.per_class_far_groups(features, y, detect_activations.log_robust_distances,
+                                                    np.random.default_rng(11), 5, jobs) for jobs in (1, 2)]
+    for flags, per_class, suspicious in runs:
+        assert np.array_equal(flags, reference) and suspicious == [3]
+        assert per_class["0"]["skipped"]
+        assert {label: {k: info[k] for k in infos[label]} for label, info in per_class.items() if label != "0"} == infos
+
+
 @pytest.fixture(scope="module")
 def blended_models():
     """A blended noise trigger (no patch, every pixel changed) on 60 synthetic images of other
