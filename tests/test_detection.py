@@ -25,7 +25,9 @@ def _residual_helpers():
                                       detect_reversal.reverse_triggers, detect_reversal.separated_group,
                                       *detection.OURS.values(), *detection.REFERENCES.values(),
                                       detect_activations.far_group, detect_activations.robust_distances,
-                                      detect_activations.robust_whiten, *_residual_helpers()])
+                                      detect_activations.robust_whiten, detect_activations.whiten,
+                                      detect_activations.whitening_draws, detect_activations.per_class_far_groups,
+                                      detect_activations.class_far_group, *_residual_helpers()])
 def test_detectors_cannot_receive_the_answer_key(function):
     params = inspect.signature(function).parameters
     assert not [p for p in params if any(word in p.lower() for word in ANSWER_KEY_WORDS)], params
@@ -149,6 +151,16 @@ def test_lean_min_cov_det_equals_sklearns_digit_for_digit(rng):
             assert np.array_equal(getattr(stock, name), getattr(lean, name)), name
         assert not lean.support_[: n // 10].any()  # the minority is outside the robust fit
     assert np.array_equal(detect_activations.plain_covariance(x), np.cov(x.T, bias=True))
+
+
+def test_residuals_in_row_blocks_equal_one_gather_of_every_neighbour(rng):
+    from secure_ai_mnist import detect_residuals
+
+    x = rng.random((11, 28, 28, 1), dtype=np.float32)
+    neighbours = rng.integers(0, 11, (11, 4))
+    flat = x.reshape(11, -1)
+    for rows in (1, 3, 2048):
+        assert np.array_equal(detect_residuals.residuals_from(x, neighbours, rows), flat - flat[neighbours].mean(axis=1))
 
 
 def test_per_class_far_groups_give_the_same_flags_on_one_or_two_processes(rng):
