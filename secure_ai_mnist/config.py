@@ -175,7 +175,8 @@ class Config:
                                   "(64 measured fastest on a 2-core CPU)")
     export_train_sets: bool = _opt(False, "also write the 60,000-image FGSM training set to datasets/ (about "
                                           "30 MB compressed); the test sets are always written")
-    threads: int = _opt(0, "TensorFlow intra-op threads (0 = TensorFlow's default: all cores)")
+    threads: int = _opt(0, "TensorFlow intra-op threads and NumPy BLAS threads, and processes for the poison "
+                         "detectors' per-class fits (0 = all cores; the fits' results do not depend on it)")
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
