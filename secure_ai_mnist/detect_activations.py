@@ -66,15 +66,17 @@ def min_cov_det(seed: int) -> Any:
 
 
 def whitening_draws(n: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
-    """The random choices of ``robust_whiten`` on n samples, drawn from ``rng`` in its order:
-    (the PCA and FastMCD seed, the indices of the up to FIT_LIMIT samples the fit sees, no repeats)."""
+    """The random choices of ``whiten`` on n samples, drawn from ``rng``: (the PCA and FastMCD
+    seed, the indices of the up to FIT_LIMIT samples the fit sees, no repeats)."""
     seed = int(rng.integers(2**31))
     return seed, rng.choice(n, size=min(FIT_LIMIT, n), replace=False)
 
 
 def whiten(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
-    """``robust_whiten`` with its random choices given (``whitening_draws``): the same result
-    for the same draws, in whichever process it runs."""
+    """``features`` (N, D) in PCA_DIMS principal dimensions, centred on their minimum-covariance-
+    determinant centre and whitened by its shape: (N, min(PCA_DIMS, D, N - 1)). Clean samples
+    have roughly unit spread in every direction; the poisons cannot pull the centre to themselves.
+    ``draws`` (``whitening_draws``) fix its randomness: the same result in whichever process."""
     from sklearn.decomposition import PCA
 
     seed, fit_indices = draws
@@ -84,23 +86,10 @@ def whiten(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
     return (reduced - fit.location_) @ axes / np.sqrt(np.maximum(variances, 1e-12))
 
 
-def robust_whiten(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """``features`` (N, D) in PCA_DIMS principal dimensions, centred on their minimum-covariance-
-    determinant centre and whitened by its shape: (N, min(PCA_DIMS, D, N - 1)). Clean samples
-    have roughly unit spread in every direction; the poisons cannot pull the centre to themselves."""
-    return whiten(features, whitening_draws(len(features), rng))
-
-
 def log_robust_distances(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
-    """log of ``robust_distances`` with the draws given: activation_outliers' score (N,)."""
+    """activation_outliers' score (N,): the log of the squared Mahalanobis distances of ``features``
+    from their minimum-covariance-determinant centre and shape (``whiten``)."""
     return np.log(np.sum(whiten(features, draws) ** 2, axis=1) + 1e-9)
-
-
-def robust_distances(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Squared Mahalanobis distances (N,) >= 0 of ``features`` (N, D) from their minimum-covariance-
-    determinant centre and shape, in PCA_DIMS principal dimensions (what sklearn's
-    ``MinCovDet.mahalanobis`` returns)."""
-    return np.sum(robust_whiten(features, rng) ** 2, axis=1)
 
 
 def far_group(scores: np.ndarray, seed: int, population: int | None = None) -> tuple[np.ndarray, dict[str, Any]]:
@@ -156,15 +145,15 @@ def per_class_far_groups(features: np.ndarray, y: np.ndarray, score: ClassScore,
     judged = [label for label in range(NUM_CLASSES) if len(members[label]) >= MIN_CLASS]
     draws = {label: whitening_draws(len(members[label]), rng) for label in judged}
     # FastMCD spends its time in Python-level loops (the GIL), so the classes go to processes.
-    groups = Parallel(n_jobs=min(jobs, len(judged)) or 1)(
-        delayed(class_far_group)(score, features[members[label]], draws[label], seed) for label in judged)
+    groups = dict(zip(judged, Parallel(n_jobs=min(jobs, len(judged)) or 1)(
+        delayed(class_far_group)(score, features[members[label]], draws[label], seed) for label in judged)))
     flags, per_class = np.zeros(len(y), bool), {}
     for label in range(NUM_CLASSES):
-        if label not in draws:
+        if label not in groups:
             per_class[str(label)] = {"components": 0, "separation": 0.0, "high_share": 0.0, "flagged": 0,
                                      "skipped": f"fewer than {MIN_CLASS} samples"}
             continue
-        group, info = groups[judged.index(label)]
+        group, info = groups[label]
         flags[members[label][group]] = True
         per_class[str(label)] = {**info, "flagged": int(group.sum())}
     return flags, per_class, [int(c) for c, info in per_class.items() if info["flagged"]]

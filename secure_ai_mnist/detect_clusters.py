@@ -28,7 +28,7 @@ import numpy as np
 
 from .common import LOG
 from .config import Config
-from .detect_activations import MIN_SEPARATION, detection_jobs, per_class_far_groups, whiten, whitening_draws
+from .detect_activations import MIN_SEPARATION, detection_jobs, per_class_far_groups, whiten
 from .detector_api import Detection
 from .model import stage_seed
 
@@ -61,14 +61,10 @@ def channel_statistics(model: keras.Model, x: np.ndarray, batch_size: int = 1024
     return np.concatenate(parts)
 
 
-def dense_far_scores(features: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def dense_far_scores(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
     """log(robust distance from the centre / distance to the NEIGHBOURS-th nearest other sample)
-    for features (N, D): (N,). High for a sample far out with many close companions."""
-    return dense_far_scores_drawn(features, whitening_draws(len(features), rng))
-
-
-def dense_far_scores_drawn(features: np.ndarray, draws: tuple[int, np.ndarray]) -> np.ndarray:
-    """``dense_far_scores`` with the whitening's random choices given (``whitening_draws``)."""
+    for features (N, D): (N,). High for a sample far out with many close companions. ``draws``:
+    the whitening's random choices (``whitening_draws``)."""
     from sklearn.neighbors import NearestNeighbors
 
     whitened = whiten(features, draws)
@@ -84,7 +80,7 @@ def detect_feature_clusters(model: keras.Model, x: np.ndarray, y: np.ndarray, cf
     start = time.perf_counter()
     seed = stage_seed(cfg.seed, "feature clusters")
     features = channel_statistics(model, x)
-    flags, per_class, suspicious = per_class_far_groups(features, y, dense_far_scores_drawn,
+    flags, per_class, suspicious = per_class_far_groups(features, y, dense_far_scores,
                                                         np.random.default_rng(seed), seed, detection_jobs(cfg))
     report = {"method": "per class: channel mean and max of the last conv feature map, PCA to 10 dims, robust (MCD) "
                         f"whitening, log(centre distance / {NEIGHBOURS}-NN distance), BIC-chosen Gaussian mixture, "

@@ -24,8 +24,8 @@ def _residual_helpers():
 @pytest.mark.parametrize("function", [detect_reversal.detect_backdoor, detection.run_detectors,
                                       detect_reversal.reverse_triggers, detect_reversal.separated_group,
                                       *detection.OURS.values(), *detection.REFERENCES.values(),
-                                      detect_activations.far_group, detect_activations.robust_distances,
-                                      detect_activations.robust_whiten, detect_activations.whiten,
+                                      detect_activations.far_group, detect_activations.log_robust_distances,
+                                      detect_activations.whiten,
                                       detect_activations.whitening_draws, detect_activations.per_class_far_groups,
                                       detect_activations.class_far_group, *_residual_helpers()])
 def test_detectors_cannot_receive_the_answer_key(function):
@@ -165,7 +165,7 @@ def test_residuals_in_row_blocks_equal_one_gather_of_every_neighbour(rng):
 
 def test_per_class_far_groups_give_the_same_flags_on_one_or_two_processes(rng):
     """The classes' fits run on processes; their random draws must still come from the one rng
-    in class order (a skipped class draws nothing), as one loop over robust_distances would."""
+    in class order (a skipped class draws nothing), as one loop over the classes would."""
     counts = [detect_activations.MIN_CLASS // 2] + [300] * 9  # class 0 is too small to judge
     y = np.repeat(np.arange(10), counts)
     features = rng.standard_normal((len(y), 16)) + y[:, None]
@@ -175,7 +175,8 @@ def test_per_class_far_groups_give_the_same_flags_on_one_or_two_processes(rng):
     draws = np.random.default_rng(11)
     for label in range(1, 10):  # the loop the processes replace
         members = np.flatnonzero(y == label)
-        scores = np.log(detect_activations.robust_distances(features[members], draws) + 1e-9)
+        scores = detect_activations.log_robust_distances(
+            features[members], detect_activations.whitening_draws(len(members), draws))
         group, infos[str(label)] = detect_activations.far_group(scores, 5)
         reference[members[group]] = True
     assert np.array_equal(np.flatnonzero(reference), planted)
@@ -227,7 +228,8 @@ def test_dense_far_scores_rank_a_tight_far_group_above_scattered_outliers(rng):
     bulk = rng.standard_normal((1000, 12))
     scattered = rng.standard_normal((40, 12)) * 6.0
     group = rng.standard_normal((40, 12)) * 0.3 + 6.0
-    scores = detect_clusters.dense_far_scores(np.concatenate([bulk, scattered, group]), rng)
+    features = np.concatenate([bulk, scattered, group])
+    scores = detect_clusters.dense_far_scores(features, detect_activations.whitening_draws(len(features), rng))
     assert scores[1040:].min() > scores[1000:1040].max()
     flagged, info = detect_activations.far_group(scores, 0)
     assert flagged[1040:].all() and flagged[:1040].sum() == 0, info
