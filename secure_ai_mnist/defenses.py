@@ -13,7 +13,7 @@ import numpy as np
 from .attacks import make_linf_attack
 from .common import LOG, TimeBudgetError
 from .config import Config
-from .model import build_baseline_cnn, seed_everything, stage_seed
+from .model import build_baseline_cnn, build_network, seed_everything, stage_seed
 
 if TYPE_CHECKING:
     import keras
@@ -137,7 +137,7 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     train_idx, hold_idx = split_holdout(len(x), min(cfg.robust_holdout, len(x) // 5), rng)
     x_tr, y_tr = x[train_idx], y[train_idx]
     steps_per_epoch = -(-len(x_tr) // cfg.batch_size)
-    model = build_baseline_cnn(cfg.learning_rate)
+    model = build_network(cfg.robust_net, cfg.learning_rate)
     optimizer = keras.optimizers.Adam(learning_rate=cyclic_learning_rate(cfg.robust_lr,
                                                                          cfg.robust_epochs * steps_per_epoch))
     step_fn = robust_step(model, optimizer, cfg.robust_loss, cfg.robust_trades_beta)
@@ -269,10 +269,11 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
     method = "fgsm-rs one-cycle (robust profile)" + (
         f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
         f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "") + (
-        f", trained at eps {eps:g}" if eps != cfg.pgd_eps else "")
+        f", trained at eps {eps:g}" if eps != cfg.pgd_eps else "") + (
+        ", TRADES's SmallCNN (not the seed CNN)" if cfg.robust_net == "smallcnn" else "")
     return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
-            "guard_attack": cfg.robust_guard, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),
+            "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),
             "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
             "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
             "guard_time_s": [], "projected_min": []}

@@ -93,6 +93,33 @@ def build_baseline_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> 
     return model
 
 
+def build_small_cnn(learning_rate: float = 1e-3) -> keras.Model:
+    """TRADES's MNIST SmallCNN (Zhang et al. 2019), an option of the robust defense only: 3x3
+    convolutions 32, 32, max-pool, 64, 64, max-pool, dense 200, 200, then the 'logits' and
+    'probabilities' layers as in the seed CNN. Not the seed CNN: deeper and narrower, with
+    312,202 weights against 1,199,882 and about 0.8 times its FLOPs per training step."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
+    x = inputs
+    for filters in (32, 32, "pool", 64, 64, "pool"):
+        x = layers.MaxPooling2D(2)(x) if filters == "pool" else layers.Conv2D(filters, 3, activation="relu")(x)
+    x = layers.Dense(200, activation="relu")(layers.Flatten()(x))
+    x = layers.Dense(200, activation="relu", name="penultimate")(layers.Dropout(0.5)(x))
+    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
+    probabilities = layers.Activation("softmax", name="probabilities")(logits)
+    model = keras.Model(inputs, probabilities, name="mnist_small_cnn")
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="categorical_crossentropy",
+                  metrics=["accuracy"])
+    return model
+
+
+def build_network(name: str, learning_rate: float = 1e-3) -> keras.Model:
+    """The fp32 network ``name`` ("seed" or "smallcnn"), compiled with Adam at ``learning_rate``."""
+    return build_small_cnn(learning_rate) if name == "smallcnn" else build_baseline_cnn(learning_rate)
+
+
 def _progress_callback(label: str, epochs: int) -> Any:
     """A Keras callback that logs each quarter epoch and each epoch's loss, accuracy and time."""
     import keras
