@@ -116,9 +116,9 @@ def split_holdout(n: int, holdout: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[keras.Model, dict[str, Any]]:
-    """The robust profile's defense: the seed CNN trained on FGSM-RS examples (Wong et al. 2020:
-    random start in the eps ball, one step of 1.25 eps) crafted per batch inside one compiled
-    step, with a one-cycle learning rate, eps ramped up over cfg.robust_ramp_epochs, and a
+    """The robust profile's defense: the network cfg.robust_net (the seed CNN by default) trained
+    on FGSM-RS examples (Wong et al. 2020: random start in the eps ball, one step of 1.25 eps)
+    crafted per batch inside one compiled step, with a one-cycle learning rate, eps ramped up over cfg.robust_ramp_epochs, and a
     guard against catastrophic overfitting: after each epoch, the guard attack on
     cfg.robust_holdout training images kept out of training; the weights with the best held-out
     robust accuracy at full eps are kept, and training stops when that accuracy collapses (20
