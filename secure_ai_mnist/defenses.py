@@ -116,17 +116,17 @@ def split_holdout(n: int, holdout: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[keras.Model, dict[str, Any]]:
-    """The robust profile's defense: the network cfg.robust_net (the seed CNN by default) trained
-    on FGSM-RS examples (Wong et al. 2020: random start in the eps ball, one step of 1.25 eps)
-    crafted per batch inside one compiled step, with a one-cycle learning rate, eps ramped up over cfg.robust_ramp_epochs, and a
-    guard against catastrophic overfitting: after each epoch, the guard attack on
-    cfg.robust_holdout training images kept out of training; the weights with the best held-out
-    robust accuracy at full eps are kept, and training stops when that accuracy collapses (20
-    points below its best). With cfg.robust_pgd_epochs, the last epochs train on PGD examples
-    instead, and a collapse during the FGSM-RS epochs (20 points below the peak at any eps, the
-    ramp's included) restores the peak's weights and starts the PGD epochs at once. Every planned
-    epoch runs on every machine: when the first FGSM-RS epoch (and again the first PGD epoch)
-    projects the recipe past cfg.robust_budget_min minutes, training raises TimeBudgetError
+    """The robust profile's defense: the network cfg.robust_net (the seed CNN by default) trained on
+    FGSM-RS examples (Wong et al. 2020: random start in the eps ball, one step of 1.25 eps) crafted
+    per batch inside one compiled step, with a one-cycle learning rate, eps ramped up over
+    cfg.robust_ramp_epochs, and a guard against catastrophic overfitting: after each epoch, the
+    guard attack on cfg.robust_holdout training images kept out of training; the weights with the
+    best held-out robust accuracy at full eps are kept, and training stops when that accuracy
+    collapses (20 points below its best). With cfg.robust_pgd_epochs, the last epochs train on PGD
+    examples instead, and a collapse during the FGSM-RS epochs (20 points below the peak at any eps,
+    the ramp's included) restores the peak's weights and starts the PGD epochs at once. Every
+    planned epoch runs on every machine: when the first FGSM-RS epoch (and again the first PGD
+    epoch) projects the recipe past cfg.robust_budget_min minutes, training raises TimeBudgetError
     instead of returning a shorter-trained model.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
     and why training stopped)."""
