@@ -273,8 +273,8 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
         ", TRADES's SmallCNN (not the seed CNN)" if cfg.robust_net == "smallcnn" else "")
     return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
-            "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "ramp_epochs": cfg.robust_ramp_epochs, "n_train": int(n_train),
-            "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
+            "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "ramp_epochs": cfg.robust_ramp_epochs,
+            "n_train": int(n_train), "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
             "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
             "guard_time_s": [], "projected_min": []}
 
