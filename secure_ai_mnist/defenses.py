@@ -48,7 +48,7 @@ def train_per_batch_adversarial(
     crafted for each batch against the model's weights at that very step, inside one compiled
     step (``robust_step``), with Adam at cfg.learning_rate for cfg.epochs. Deterministic for a
     seed. Returns (model, training record). ``method`` "robust" is the robust profile's recipe
-    (``train_robust``)."""
+    (``train_robust``, on the network cfg.robust_net)."""
     import keras
 
     if method == "robust":
@@ -116,7 +116,7 @@ def split_holdout(n: int, holdout: int, rng: np.random.Generator) -> tuple[np.nd
 
 
 def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[keras.Model, dict[str, Any]]:
-    """The robust profile's defense: the network cfg.robust_net (the seed CNN by default) trained on
+    """The robust profile's defense: the network cfg.robust_net (TRADES's SmallCNN by default) trained on
     FGSM-RS examples (Wong et al. 2020: random start in the eps ball, one step of 1.25 eps) crafted
     per batch inside one compiled step, with a one-cycle learning rate, eps ramped up over
     cfg.robust_ramp_epochs, and a guard against catastrophic overfitting: after each epoch, the

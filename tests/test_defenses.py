@@ -148,16 +148,16 @@ def test_trades_recipe_is_wired_deterministic_and_recorded():
         config.Config(robust_trades_beta=0.0)
 
 
-def test_robust_net_smallcnn_is_trained_by_the_robust_recipe_and_named_in_its_record():
+def test_robust_net_smallcnn_is_the_default_trained_by_the_robust_recipe_and_named_in_its_record():
     x, y = synthetic_digits(np.random.default_rng(8), 160)
     recipe = dict(batch_size=64, robust_epochs=1, robust_ramp_epochs=0, robust_holdout=32, robust_pgd_epochs=1,
                   robust_pgd_steps=2, robust_guard="pgd10")
-    model, record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_net="smallcnn"),
-                                                         "robust", "small")
+    model, record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe), "robust", "small")  # default
     assert model.name == "mnist_small_cnn" and model.count_params() == 312_202  # TRADES's SmallCNN
     assert [layer.name for layer in model.layers[-2:]] == ["logits", "probabilities"]  # what the attacks read
     assert record["network"] == "smallcnn" and record["method"].endswith("SmallCNN (not the seed CNN)")
-    _, seed_record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe), "robust", "small")
+    _, seed_record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_net="seed"),
+                                                          "robust", "small")
     assert seed_record["network"] == "seed" and "SmallCNN" not in seed_record["method"]
     with pytest.raises(SystemExit):
         config.parse_config(["--robust-net", "resnet"])
