@@ -148,7 +148,7 @@ class Config:
                                           "recipe; larger trades clean accuracy for robustness)")
     robust_net: str = _opt("smallcnn", "network of the robust defense: smallcnn (TRADES's MNIST SmallCNN: 3x3 "
                                        "convolutions 32-32-pool-64-64-pool, two dense layers of 200; about 0.8 times "
-                                       "the seed CNN's training cost; 1.2 points more robust under the complete "
+                                       "the seed CNN's training cost; 0.9 points more robust under the complete "
                                        "AutoAttack, README) or seed (the seed CNN every other model uses)",
                            choices=("smallcnn", "seed"))
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
