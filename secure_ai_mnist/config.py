@@ -147,9 +147,9 @@ class Config:
     robust_trades_beta: float = _opt(1.0, "with --robust-loss trades: weight of the KL term (1.0 in TRADES's MNIST "
                                           "recipe; larger trades clean accuracy for robustness)")
     robust_net: str = _opt("smallcnn", "network of the robust defense: smallcnn (TRADES's MNIST SmallCNN: 3x3 "
-                                       "convolutions 32-32-pool-64-64-pool, two dense layers of 200; about 0.8 times "
-                                       "the seed CNN's training cost; 0.9 points more robust under the complete "
-                                       "AutoAttack, README) or seed (the seed CNN every other model uses)",
+                                       "convolutions 32-32-pool-64-64-pool, two dense layers of 200; cheaper to train "
+                                       "and more robust under the complete AutoAttack than the seed CNN, see the "
+                                       "README) or seed (the seed CNN every other model uses)",
                            choices=("smallcnn", "seed"))
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
                                       "pgd10 (PGD-10) or apgd (APGD-CE, 20 iterations)", choices=("pgd10", "apgd"))

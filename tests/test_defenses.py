@@ -92,7 +92,7 @@ def test_robust_training_keeps_the_best_full_eps_epoch_and_records_the_guard():
 def test_robust_pgd_phase_and_apgd_guard_are_recorded():
     x, y = synthetic_digits(np.random.default_rng(4), 200)
     cfg = config.Config(batch_size=64, robust_epochs=2, robust_ramp_epochs=0, robust_holdout=40,
-                        robust_pgd_epochs=1, robust_pgd_steps=3, robust_guard="apgd")
+                        robust_pgd_epochs=1, robust_pgd_steps=3, robust_guard="apgd", robust_net="seed")
     _, record = defenses.train_per_batch_adversarial(x, y, cfg, "robust", "test_robust_pgd")
     assert record["guard_attack"] == "apgd" and record["method"].endswith("PGD-3 in the last 1 epochs")
     assert len(record["holdout_robust"]) == 2 and all(0 <= a <= 1 for a in record["holdout_robust"])
@@ -137,7 +137,7 @@ def test_the_training_attack_raises_its_own_objective(loss):
 def test_trades_recipe_is_wired_deterministic_and_recorded():
     x, y = synthetic_digits(np.random.default_rng(7), 160)
     recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=0, robust_holdout=32, robust_pgd_epochs=1,
-                  robust_pgd_steps=2, robust_guard="pgd10")
+                  robust_pgd_steps=2, robust_guard="pgd10", robust_net="seed")  # seed: the suffix stays last
     runs = [defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, **extra), "robust", "trades")
             for extra in ({"robust_loss": "trades"}, {"robust_loss": "trades"}, {})]
     weights = [np.concatenate([w.ravel() for w in model.get_weights()]) for model, _ in runs]
@@ -166,7 +166,7 @@ def test_robust_net_smallcnn_is_the_default_trained_by_the_robust_recipe_and_nam
 def test_robust_train_eps_reaches_the_training_attacks_and_the_guard_stays_at_the_evaluated_eps():
     x, y = synthetic_digits(np.random.default_rng(7), 160)
     recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=1, robust_holdout=32, robust_pgd_epochs=1,
-                  robust_pgd_steps=2, robust_guard="pgd10")
+                  robust_pgd_steps=2, robust_guard="pgd10", robust_net="seed")  # seed: the suffix stays last
     runs = {eps: defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_train_eps=eps), "robust",
                                                       "train_eps") for eps in (0.0, 0.3, 0.4)}
     weights = {eps: np.concatenate([w.ravel() for w in model.get_weights()]) for eps, (model, _) in runs.items()}
