@@ -75,7 +75,7 @@ class Config:
                                   "defense): fp32, or bf16 (bfloat16 compute with float32 weights, Keras's "
                                   "mixed_bfloat16; fast only where the CPU has AVX512_BF16 or AMX, and the "
                                   "numbers move, see the README). Evaluations, attacks and the per-batch "
-                                  "defenses always run in fp32", choices=("fp32", "bf16"))
+                                  "defenses run in fp32 (the robust defense: see --robust-precision)", choices=("fp32", "bf16"))
     poison_count: int = _opt(100, "number of training images that get the trigger and the target label")
     target_class: int = _opt(7, "label the backdoor maps triggered images to")
     backdoor: str = _opt("badnets", "backdoor trigger family: badnets (a patch, the seed's corner square), blended "
@@ -151,6 +151,11 @@ class Config:
                                        "and more robust under the complete AutoAttack than the seed CNN, see the "
                                        "README) or seed (the seed CNN every other model uses)",
                            choices=("smallcnn", "seed"))
+    robust_precision: str = _opt("fp32", "arithmetic of the robust defense's training steps: fp32, or bf16 "
+                                         "(Keras's mixed_bfloat16: float32 weights, bfloat16 layers; fast only "
+                                         "where the CPU has AVX512_BF16 or AMX). Its guard and every "
+                                         "evaluation and attack of the trained model run in fp32",
+                                 choices=("fp32", "bf16"))
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
                                       "pgd10 (PGD-10) or apgd (APGD-CE, 20 iterations)", choices=("pgd10", "apgd"))
     robust_budget_min: float = _opt(60.0, "minutes of training the robust defense may take: when its first "

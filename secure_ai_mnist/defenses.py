@@ -13,7 +13,8 @@ import numpy as np
 from .attacks import make_linf_attack
 from .common import LOG, TimeBudgetError
 from .config import Config
-from .model import build_baseline_cnn, build_network, seed_everything, stage_seed
+from .model import (build_baseline_cnn, build_network, float32_model, seed_everything, stage_seed,
+                    warn_if_bf16_is_emulated)
 
 if TYPE_CHECKING:
     import keras
@@ -137,11 +138,13 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     train_idx, hold_idx = split_holdout(len(x), min(cfg.robust_holdout, len(x) // 5), rng)
     x_tr, y_tr = x[train_idx], y[train_idx]
     steps_per_epoch = -(-len(x_tr) // cfg.batch_size)
-    model = build_network(cfg.robust_net, cfg.learning_rate)
+    warn_if_bf16_is_emulated(cfg.robust_precision, flag="--robust-precision")
+    model = build_network(cfg.robust_net, cfg.learning_rate, cfg.robust_precision)
+    evaluated = float32_model(model, cfg.learning_rate)  # model itself in fp32; its fp32 twin under bf16
     optimizer = keras.optimizers.Adam(learning_rate=cyclic_learning_rate(cfg.robust_lr,
                                                                          cfg.robust_epochs * steps_per_epoch))
     step_fn = robust_step(model, optimizer, cfg.robust_loss, cfg.robust_trades_beta)
-    guard = holdout_guard(model, x[hold_idx], y[hold_idx], cfg,
+    guard = holdout_guard(evaluated, x[hold_idx], y[hold_idx], cfg,
                           np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
     pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
     record = robust_record(cfg, len(x_tr), len(hold_idx))
@@ -153,6 +156,8 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
         loss, accuracy, eps, steps = robust_epoch(step_fn, x_tr, y_tr, rng.permutation(len(x_tr)), cfg, epoch,
                                                   pgd_from)
         t1 = time.perf_counter()
+        if evaluated is not model:
+            evaluated.set_weights(model.get_weights())
         hold_clean, hold_robust = guard()
         log_epoch(record, cfg, label, {"loss": loss, "accuracy": accuracy, "epoch_eps": eps, "epoch_steps": steps,
                                        "holdout_clean": hold_clean, "holdout_robust": hold_robust,
@@ -179,11 +184,10 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
                            f"{hold_robust:.3f}")
             LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
             break
-    if best[1] >= 0:
-        model.set_weights(best[2])
+    evaluated.set_weights(best[2] if best[1] >= 0 else model.get_weights())
     record.update(kept_epoch=best[1] + 1, kept_holdout_robust=best[0], stop_reason=stop_reason,
                   epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
-    return model, record
+    return evaluated, record
 
 
 def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: float = 1.0) -> Any:
@@ -202,8 +206,11 @@ def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: floa
     image, scalar = tf.TensorSpec([None, *model.input_shape[1:]], tf.float32), tf.TensorSpec([], tf.float32)
     trades = loss == "trades"
 
+    def logits_of(xb: Any, training: bool) -> Any:  # float32 even when the layers compute in bfloat16
+        return tf.cast(net(xb, training=training), tf.float32)
+
     def attack_loss(yb: Any, p_clean: Any, x_adv: Any) -> Any:
-        logits = net(x_adv, training=False)
+        logits = logits_of(x_adv, False)
         if trades:
             return tf.reduce_sum(kl_divergence(p_clean, logits))
         return tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
@@ -211,7 +218,7 @@ def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: floa
     @tf.function(input_signature=[image, tf.TensorSpec([None], tf.int64), scalar, scalar, tf.TensorSpec([], tf.int32)])
     def adversarial_step(xb, yb, eps, step, steps):
         # TRADES attacks the clean prediction (no labels); ce ignores p_clean.
-        p_clean = tf.stop_gradient(tf.nn.softmax(net(xb, training=False))) if trades else None
+        p_clean = tf.stop_gradient(tf.nn.softmax(logits_of(xb, False))) if trades else None
         x_adv = tf.clip_by_value(xb + tf.random.uniform(tf.shape(xb), -eps, eps), 0.0, 1.0)
         for _ in tf.range(steps):
             with tf.GradientTape() as tape:
@@ -221,11 +228,11 @@ def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: floa
             x_adv = xb + tf.clip_by_value(x_adv - xb, -eps, eps)
         with tf.GradientTape() as tape:
             if trades:
-                clean_logits, logits = tf.split(net(tf.concat([xb, x_adv], 0), training=True), 2)
+                clean_logits, logits = tf.split(logits_of(tf.concat([xb, x_adv], 0), True), 2)
                 batch_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, clean_logits)
                                             + beta * kl_divergence(tf.nn.softmax(clean_logits), logits))
             else:
-                logits = net(x_adv, training=True)
+                logits = logits_of(x_adv, True)
                 batch_loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits))
         optimizer.apply_gradients(zip(tape.gradient(batch_loss, net.trainable_variables), net.trainable_variables))
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), yb), tf.float32))
@@ -270,10 +277,12 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
         f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
         f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "") + (
         f", trained at eps {eps:g}" if eps != cfg.pgd_eps else "") + (
-        ", TRADES's SmallCNN (not the seed CNN)" if cfg.robust_net == "smallcnn" else "")
+        ", TRADES's SmallCNN (not the seed CNN)" if cfg.robust_net == "smallcnn" else "") + (
+        ", bf16 training steps" if cfg.robust_precision == "bf16" else "")
     return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
-            "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "ramp_epochs": cfg.robust_ramp_epochs,
+            "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "precision": cfg.robust_precision,
+            "ramp_epochs": cfg.robust_ramp_epochs,
             "n_train": int(n_train), "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
             "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
             "guard_time_s": [], "projected_min": []}

@@ -20,19 +20,21 @@ if TYPE_CHECKING:  # TensorFlow is imported lazily so `--help` and flag errors a
 
 # --precision's Keras dtype policies: bf16 keeps float32 weights and computes in bfloat16.
 PRECISION_POLICIES = {"fp32": "float32", "bf16": "mixed_bfloat16"}
+SMALL_CNN_NAME = "mnist_small_cnn"
 
 
-def warn_if_bf16_is_emulated(precision: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Under --precision bf16, a warning when the CPU lists neither avx512_bf16 nor amx_bf16:
-    oneDNN then emulates bfloat16 and bf16 trains slower than fp32. Returns whether it warned
+def warn_if_bf16_is_emulated(precision: str, cpuinfo: Path = Path("/proc/cpuinfo"),
+                             flag: str = "--precision") -> bool:
+    """Under ``flag`` (--precision or --robust-precision) bf16, a warning when the CPU lists
+    neither avx512_bf16 nor amx_bf16: oneDNN then emulates bfloat16 and bf16 trains slower than fp32. Returns whether it warned
     (never on fp32, nor where the CPU's flags cannot be read)."""
     if precision != "bf16" or not cpuinfo.is_file():
         return False
     flags = cpuinfo.read_text(errors="replace").split()
     if "avx512_bf16" in flags or "amx_bf16" in flags:
         return False
-    LOG.warning("--precision bf16: this CPU has no native bfloat16 (avx512_bf16 or amx_bf16); "
-                "the trainings will run slower than with fp32")
+    LOG.warning("%s bf16: this CPU has no native bfloat16 (avx512_bf16 or amx_bf16); "
+                "the trainings will run slower than with fp32", flag)
     return True
 
 
@@ -93,31 +95,36 @@ def build_baseline_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> 
     return model
 
 
-def build_small_cnn(learning_rate: float = 1e-3) -> keras.Model:
+def build_small_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> keras.Model:
     """TRADES's MNIST SmallCNN (Zhang et al. 2019), an option of the robust defense only: 3x3
     convolutions 32, 32, max-pool, 64, 64, max-pool, dense 200, 200, then the 'logits' and
     'probabilities' layers as in the seed CNN. Not the seed CNN: deeper and narrower, with
-    312,202 weights against 1,199,882 and about 0.8 times its FLOPs per training step."""
+    312,202 weights against 1,199,882 and about 0.8 times its FLOPs per training step.
+    ``precision`` as in ``build_baseline_cnn``."""
     import keras
     from keras import layers
 
+    policy = PRECISION_POLICIES[precision]
     inputs = keras.Input(shape=IMAGE_SHAPE, name="image")
     x = inputs
     for filters in (32, 32, "pool", 64, 64, "pool"):
-        x = layers.MaxPooling2D(2)(x) if filters == "pool" else layers.Conv2D(filters, 3, activation="relu")(x)
-    x = layers.Dense(200, activation="relu")(layers.Flatten()(x))
-    x = layers.Dense(200, activation="relu", name="penultimate")(layers.Dropout(0.5)(x))
-    logits = layers.Dense(NUM_CLASSES, name="logits")(x)
-    probabilities = layers.Activation("softmax", name="probabilities")(logits)
-    model = keras.Model(inputs, probabilities, name="mnist_small_cnn")
+        x = layers.MaxPooling2D(2, dtype=policy)(x) if filters == "pool" else \
+            layers.Conv2D(filters, 3, activation="relu", dtype=policy)(x)
+    x = layers.Dense(200, activation="relu", dtype=policy)(layers.Flatten(dtype=policy)(x))
+    x = layers.Dense(200, activation="relu", name="penultimate", dtype=policy)(layers.Dropout(0.5, dtype=policy)(x))
+    logits = layers.Dense(NUM_CLASSES, name="logits", dtype=policy)(x)
+    probabilities = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
+    model = keras.Model(inputs, probabilities, name=SMALL_CNN_NAME)
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     return model
 
 
-def build_network(name: str, learning_rate: float = 1e-3) -> keras.Model:
-    """The fp32 network ``name`` ("seed" or "smallcnn"), compiled with Adam at ``learning_rate``."""
-    return build_small_cnn(learning_rate) if name == "smallcnn" else build_baseline_cnn(learning_rate)
+def build_network(name: str, learning_rate: float = 1e-3, precision: str = "fp32") -> keras.Model:
+    """The network ``name`` ("seed" or "smallcnn") computing in ``precision``, compiled with Adam at
+    ``learning_rate``."""
+    builder = build_small_cnn if name == "smallcnn" else build_baseline_cnn
+    return builder(learning_rate, precision)
 
 
 def _progress_callback(label: str, epochs: int) -> Any:
@@ -167,11 +174,12 @@ def train_cnn(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple[ke
 
 
 def float32_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Model:
-    """``model`` itself when it computes in float32, else the fp32 seed CNN holding its (float32)
-    weights: whatever precision trained it, every evaluation and attack runs in float32."""
+    """``model`` itself when it computes in float32, else the same network (seed CNN or SmallCNN)
+    in fp32 holding its (float32) weights: whatever precision trained it, every evaluation and
+    attack runs in float32."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    fp32 = build_baseline_cnn(learning_rate)
+    fp32 = build_network("smallcnn" if model.name == SMALL_CNN_NAME else "seed", learning_rate)
     fp32.set_weights(model.get_weights())
     return fp32
 

@@ -163,6 +163,29 @@ def test_robust_net_smallcnn_is_the_default_trained_by_the_robust_recipe_and_nam
         config.parse_config(["--robust-net", "resnet"])
 
 
+def test_robust_bf16_trains_in_bfloat16_and_returns_the_float32_network():
+    from secure_ai_mnist.model import build_network, float32_model
+
+    x, y = synthetic_digits(np.random.default_rng(9), 160)
+    recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=0, robust_holdout=32, robust_pgd_epochs=1,
+                  robust_pgd_steps=2, robust_guard="pgd10")
+    runs = {p: defenses.train_per_batch_adversarial(x, y, config.Config(**recipe, robust_precision=p), "robust", "bf16")
+            for p in ("fp32", "bf16")}
+    model, record = runs["bf16"]
+    assert all(layer.dtype_policy.name == "float32" for layer in model.layers)  # every evaluation runs in fp32
+    assert model.name == "mnist_small_cnn" and model.count_params() == 312_202
+    assert record["precision"] == "bf16" and record["method"].endswith("bf16 training steps")
+    assert runs["fp32"][1]["precision"] == "fp32" and "bf16" not in runs["fp32"][1]["method"]
+    weights = {p: np.concatenate([w.ravel() for w in m.get_weights()]) for p, (m, _) in runs.items()}
+    assert not np.array_equal(weights["bf16"], weights["fp32"])  # the flag reaches the training step
+    assert np.isfinite(weights["bf16"]).all() and all(np.isfinite(record["loss"]))
+    mixed = build_network("smallcnn", precision="bf16")
+    assert mixed.get_layer("logits").dtype_policy.name == "mixed_bfloat16"
+    assert float32_model(mixed).name == "mnist_small_cnn"  # a SmallCNN stays a SmallCNN in fp32
+    with pytest.raises(SystemExit):
+        config.parse_config(["--robust-precision", "fp16"])
+
+
 def test_robust_train_eps_reaches_the_training_attacks_and_the_guard_stays_at_the_evaluated_eps():
     x, y = synthetic_digits(np.random.default_rng(7), 160)
     recipe = dict(batch_size=64, robust_epochs=2, robust_ramp_epochs=1, robust_holdout=32, robust_pgd_epochs=1,
