@@ -129,6 +129,8 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     planned epoch runs on every machine: when the first FGSM-RS epoch (and again the first PGD
     epoch) projects the recipe past cfg.robust_budget_min minutes, training raises TimeBudgetError
     instead of returning a shorter-trained model.
+    With cfg.robust_precision "bf16" the training steps compute in mixed bfloat16; the guard reads,
+    and the function returns, the float32 network holding the same weights.
     Returns (model, record with per-epoch loss/accuracy/eps/holdout numbers, the kept epoch
     and why training stopped)."""
     import keras

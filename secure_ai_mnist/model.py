@@ -26,8 +26,8 @@ SMALL_CNN_NAME = "mnist_small_cnn"
 def warn_if_bf16_is_emulated(precision: str, cpuinfo: Path = Path("/proc/cpuinfo"),
                              flag: str = "--precision") -> bool:
     """Under ``flag`` (--precision or --robust-precision) bf16, a warning when the CPU lists
-    neither avx512_bf16 nor amx_bf16: oneDNN then emulates bfloat16 and bf16 trains slower than fp32. Returns whether it warned
-    (never on fp32, nor where the CPU's flags cannot be read)."""
+    neither avx512_bf16 nor amx_bf16: oneDNN then emulates bfloat16 and bf16 trains slower than
+    fp32. Returns whether it warned (never on fp32, nor where the CPU's flags cannot be read)."""
     if precision != "bf16" or not cpuinfo.is_file():
         return False
     flags = cpuinfo.read_text(errors="replace").split()
