@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess  # nosec B404 - reads this repository's commit with git
 import sys
 import time
 from pathlib import Path
@@ -34,12 +33,11 @@ def main() -> int:
     from secure_ai_mnist.data import load_mnist, to_model_input
     from secure_ai_mnist.defenses import train_robust
     from secure_ai_mnist.model import configure_tensorflow
+    from secure_ai_mnist.provenance import git_state
 
     setup_logging("INFO")
     flags = Path("/proc/cpuinfo").read_text(errors="replace").split() if Path("/proc/cpuinfo").is_file() else []
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,  # nosec B603 B607
-                            check=False).stdout.strip()
-    result = {"command": " ".join(["python", *sys.argv]), "commit": commit,
+    result = {"command": " ".join(["python", *sys.argv]), "commit": git_state()["commit"],
               "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "cpu_flags": {f: f in flags for f in ("avx512_bf16", "amx_bf16")}, "runs": {}}
     data = None
