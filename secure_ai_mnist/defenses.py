@@ -148,15 +148,15 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
     step_fn = robust_step(model, optimizer, cfg.robust_loss, cfg.robust_trades_beta)
     guard = holdout_guard(evaluated, x[hold_idx], y[hold_idx], cfg,
                           np.random.default_rng(stage_seed(cfg.seed, f"{label}:guard")))
-    pgd_from = max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0)
     record = robust_record(cfg, len(x_tr), len(hold_idx))
-    best = peak = (-1.0, -1, model.get_weights())  # best: at full eps (the kept model); peak: at any eps
+    keeper = KeptWeights(model.get_weights(), robust_train_eps(cfg), max(cfg.robust_epochs - cfg.robust_pgd_epochs, 0),
+                         bool(cfg.robust_pgd_epochs))
     stop_reason = "planned epochs done"
     start = time.perf_counter()
     for epoch in range(cfg.robust_epochs):
         t0 = time.perf_counter()
         loss, accuracy, eps, steps = robust_epoch(step_fn, x_tr, y_tr, rng.permutation(len(x_tr)), cfg, epoch,
-                                                  pgd_from)
+                                                  keeper.pgd_from)
         t1 = time.perf_counter()
         if evaluated is not model:
             evaluated.set_weights(model.get_weights())
@@ -166,30 +166,53 @@ def train_robust(x: np.ndarray, y: np.ndarray, cfg: Config, label: str) -> tuple
                                        "epoch_time_s": round(time.perf_counter() - t0, 3),
                                        "guard_time_s": round(time.perf_counter() - t1, 3)})
         if steps not in record["epoch_steps"][:-1]:  # the first epoch of its kind: a new measurement
-            check_budget(record, cfg, pgd_from)
-        full_eps = eps >= robust_train_eps(cfg) - 1e-9
-        if full_eps and hold_robust > best[0]:
-            best = (hold_robust, epoch, model.get_weights())
-        if hold_robust > peak[0]:
-            peak = (hold_robust, epoch, model.get_weights())
-        # Against the peak at any eps: a collapse can come before the ramp ends (at training eps 0.4,
-        # 0.238 -> 0.011 between the last ramp epoch and the first full-eps one, unseen by `best`).
-        if peak[0] - hold_robust > COLLAPSE_DROP and cfg.robust_pgd_epochs and epoch + 1 < pgd_from:
-            # FGSM-RS has overfitted; PGD examples do not, so go back to the peak weights and switch now.
-            model.set_weights(peak[2])
-            pgd_from = epoch + 1
-            record["switched_to_pgd_after_epoch"] = epoch + 1
-            LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
-                        "from the next epoch", label, peak[0], hold_robust, peak[1] + 1)
-        elif full_eps and best[0] - hold_robust > COLLAPSE_DROP:
-            stop_reason = (f"catastrophic overfitting: held-out robust accuracy fell from {best[0]:.3f} to "
-                           f"{hold_robust:.3f}")
-            LOG.warning("%s: %s; keeping epoch %d", label, stop_reason, best[1] + 1)
+            check_budget(record, cfg, keeper.pgd_from)
+        collapse = keeper.observe(model, epoch, eps, hold_robust, record, label)
+        if collapse:
+            stop_reason = collapse
             break
-    evaluated.set_weights(best[2] if best[1] >= 0 else model.get_weights())
-    record.update(kept_epoch=best[1] + 1, kept_holdout_robust=best[0], stop_reason=stop_reason,
+    if keeper.best[1] >= 0:  # else the last epoch's weights, which `evaluated` holds already
+        evaluated.set_weights(keeper.best[2])
+    record.update(kept_epoch=keeper.best[1] + 1, kept_holdout_robust=keeper.best[0], stop_reason=stop_reason,
                   epochs_run=len(record["loss"]), train_time_s=round(time.perf_counter() - start, 3))
     return evaluated, record
+
+
+class KeptWeights:
+    """The robust defense's weight keeping, epoch by epoch: ``best`` is (held-out robust accuracy,
+    epoch, weights) of the best epoch at full training eps (the kept model; epoch -1 before one);
+    ``peak`` the same at any eps, the ramp's included. ``pgd_from`` is the first PGD epoch, moved
+    forward when FGSM-RS collapses. It reads only the held-out accuracy, never the test set."""
+
+    def __init__(self, weights: list[np.ndarray], full_eps: float, pgd_from: int, has_pgd: bool) -> None:
+        self.best = self.peak = (-1.0, -1, weights)
+        self.full_eps, self.pgd_from, self.has_pgd = full_eps, pgd_from, has_pgd
+
+    def observe(self, model: keras.Model, epoch: int, eps: float, hold_robust: float, record: dict[str, Any],
+                label: str) -> str | None:
+        """Record the epoch; on an FGSM-RS collapse (``COLLAPSE_DROP`` below the peak before the PGD
+        epochs) restore the peak's weights into ``model`` and start PGD at the next epoch; return the
+        stop reason when the accuracy at full eps collapses below the best, else None."""
+        full_eps = eps >= self.full_eps - 1e-9
+        if full_eps and hold_robust > self.best[0]:
+            self.best = (hold_robust, epoch, model.get_weights())
+        if hold_robust > self.peak[0]:
+            self.peak = (hold_robust, epoch, model.get_weights())
+        # Against the peak at any eps: a collapse can come before the ramp ends (at training eps 0.4,
+        # 0.238 -> 0.011 between the last ramp epoch and the first full-eps one, unseen by `best`).
+        if self.peak[0] - hold_robust > COLLAPSE_DROP and self.has_pgd and epoch + 1 < self.pgd_from:
+            # FGSM-RS has overfitted; PGD examples do not, so go back to the peak weights and switch now.
+            model.set_weights(self.peak[2])
+            self.pgd_from = epoch + 1
+            record["switched_to_pgd_after_epoch"] = epoch + 1
+            LOG.warning("%s: held-out robust accuracy fell from %.3f to %.3f; back to epoch %d's weights, PGD "
+                        "from the next epoch", label, self.peak[0], hold_robust, self.peak[1] + 1)
+        elif full_eps and self.best[0] - hold_robust > COLLAPSE_DROP:
+            reason = (f"catastrophic overfitting: held-out robust accuracy fell from {self.best[0]:.3f} to "
+                      f"{hold_robust:.3f}")
+            LOG.warning("%s: %s; keeping epoch %d", label, reason, self.best[1] + 1)
+            return reason
+        return None
 
 
 def robust_step(model: keras.Model, optimizer: Any, loss: str = "ce", beta: float = 1.0) -> Any:
@@ -285,7 +308,8 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
             "guard_attack": cfg.robust_guard, "network": cfg.robust_net, "precision": cfg.robust_precision,
             "ramp_epochs": cfg.robust_ramp_epochs,
-            "n_train": int(n_train), "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min, "loss": [], "accuracy": [],
+            "n_train": int(n_train), "n_holdout": int(n_holdout), "budget_min": cfg.robust_budget_min,
+            "loss": [], "accuracy": [],
             "epoch_eps": [], "epoch_steps": [], "holdout_clean": [], "holdout_robust": [], "epoch_time_s": [],
             "guard_time_s": [], "projected_min": []}
 

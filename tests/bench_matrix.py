@@ -18,20 +18,20 @@ import json
 import os
 import platform
 import shutil
-import subprocess  # nosec B404 - runs the project's own script and git
+import subprocess  # nosec B404 - runs the project's own script
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from secure_ai_mnist.provenance import git_state  # noqa: E402
+
 OUTPUTS = ROOT / "secure_ai_outputs"
 SMALL_EVASION = ("--pgd-limit", "200", "--curve-limit", "100", "--square-limit", "100", "--stability-limit", "100")
 DETECTION_KEYS = ("flagged", "time_s", "true_positives", "false_positives", "precision", "recall", "f1")
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
 
 
 def cpu_flags_note() -> str:
@@ -58,7 +58,7 @@ def main() -> None:
                     "summary stayed outside the repository); every number below was written by that run.",
             "command": ["secure_ai_mnist_main.py", *command[2:-2]],
             "started_utc": started, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "code": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
+            "code": git_state(),
             "host": summary["host"], "cpu_flags_note": cpu_flags_note(),
             "config": summary["config"], "data": summary["data"], "timings_s": summary["timings_s"],
             "default_attack_detection": {name: {k: v for k, v in detection[name].items() if k in DETECTION_KEYS}

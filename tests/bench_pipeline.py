@@ -118,13 +118,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")
     from secure_ai_mnist.model import PRECISION_POLICIES  # light: TensorFlow is imported lazily
+    from secure_ai_mnist.provenance import git_state
 
     parser.add_argument("--precision", choices=tuple(PRECISION_POLICIES), default="fp32",
                         help="the trainings' --precision, in the timed epoch and in every pipeline run")
     parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    code = {"commit": git("rev-parse", "HEAD"), "tree_clean": not git("status", "--porcelain")}  # what runs
+    state = git_state()  # what runs
+    code = {"commit": state["commit"], "tree_clean": state["dirty"] is False}
 
     import keras
 
@@ -213,10 +215,6 @@ def main() -> int:
     atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
     print(f"wrote {args.out}")
     return 0
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
 
 
 def time_pipeline(peak: float, flags: list[str]) -> dict[str, dict[str, object]]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess  # nosec B404 - runs this interpreter on the project's script, and git
+import subprocess  # nosec B404 - runs this interpreter on the project's script
 import sys
 import tempfile
 import time
@@ -32,15 +32,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 from test_study_ray import stable  # noqa: E402
 
 from secure_ai_mnist.common import atomic_write_bytes  # noqa: E402
-from secure_ai_mnist.provenance import host_summary  # noqa: E402
+from secure_ai_mnist.provenance import git_state, host_summary  # noqa: E402
 from secure_ai_mnist.summary_schema import SUMMARY_FILENAME  # noqa: E402
 
 OVERHEAD_GOAL = 0.05
 SPEEDUP_GOAL = 0.60
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
 
 
 def timed_run(args: list[str], log: Path) -> float:
@@ -83,10 +79,11 @@ def main() -> int:
         same[name] = stable(json.loads((outs[name] / SUMMARY_FILENAME).read_text())) == reference[seeds[0]]
     overhead = wall["ray_1_worker"] / wall["serial"] - 1
     speedup = wall["ray_2_workers"] / wall["ray_1_worker"]
+    code = git_state()
     result = {
         "command": " ".join(["python tests/bench_study.py", *sys.argv[1:]]),
-        "study_flags": " ".join(common), "started_utc": started, "commit": git("rev-parse", "HEAD"),
-        "tree_clean": not git("status", "--porcelain"), "host": host_summary(), "wall_s": wall,
+        "study_flags": " ".join(common), "started_utc": started, "commit": code["commit"],
+        "tree_clean": code["dirty"] is False, "host": host_summary(), "wall_s": wall,
         "executor_overhead": {"value": round(overhead, 4), "goal_at_most": OVERHEAD_GOAL, "met": overhead <= OVERHEAD_GOAL,
                               "definition": "ray_1_worker / serial - 1"},
         "two_workers_share": {"value": round(speedup, 4), "goal_at_most": SPEEDUP_GOAL, "met": speedup <= SPEEDUP_GOAL,

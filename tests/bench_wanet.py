@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess  # nosec B404 - runs git only
 import sys
 import time
 from pathlib import Path
@@ -31,12 +30,8 @@ from secure_ai_mnist.data import load_mnist, to_model_input  # noqa: E402
 from secure_ai_mnist.detection import COMBINED, DETECTORS, detection_metrics, run_detectors  # noqa: E402
 from secure_ai_mnist.matrix import MatrixPoint, attack_record, poisoned_set  # noqa: E402
 from secure_ai_mnist.model import configure_tensorflow, predicted_labels, seed_everything, train_cnn  # noqa: E402
-from secure_ai_mnist.provenance import host_summary  # noqa: E402
+from secure_ai_mnist.provenance import git_state, host_summary  # noqa: E402
 from secure_ai_mnist.triggers import TriggerSpec  # noqa: E402
-
-
-def git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()  # nosec B603 B607
 
 
 def main() -> None:
@@ -64,7 +59,7 @@ def main() -> None:
         "note": "WaNet where it is a strong backdoor, written by tests/bench_wanet.py; every number is this run's own.",
         "started_utc": started, "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "wall_s": round(time.perf_counter() - clock, 1),
-        "code": {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))},
+        "code": git_state(),
         "host": host_summary(), "point": point.record(), "n_train": int(len(y)), "epochs": cfg.epochs,
         "configured_defense": COMBINED,
         "poisoned": attack_record(predicted_labels(poisoned, 256), x_test, y_test, point),

@@ -233,6 +233,48 @@ def test_a_collapse_right_after_the_ramp_switches_to_pgd_from_the_peak_weights(m
     assert record["kept_epoch"] == 5 and record["stop_reason"] == "planned epochs done"
 
 
+class _Weights:
+    """A stand-in model: its weights are one number, the epoch that wrote them."""
+
+    def __init__(self) -> None:
+        self.value = -1
+
+    def get_weights(self):
+        return [np.array(self.value)]
+
+    def set_weights(self, weights) -> None:
+        self.value = int(weights[0])
+
+
+def test_kept_weights_keeps_the_best_full_eps_epoch_and_stops_on_a_full_eps_collapse():
+    model, record = _Weights(), {}
+    keeper = defenses.KeptWeights(model.get_weights(), 0.3, pgd_from=0, has_pgd=True)
+    outcomes = []
+    for epoch, (eps, robust) in enumerate([(0.15, 0.9), (0.3, 0.5), (0.3, 0.7), (0.3, 0.6), (0.3, 0.45)]):
+        model.value = epoch
+        outcomes.append(keeper.observe(model, epoch, eps, robust, record, "t"))
+    # The ramp epoch's 0.9 is no candidate; a full-eps drop of 0.25 from 0.7 is a collapse; PGD from epoch 0
+    # means no FGSM-RS switch, and nothing is restored into the model.
+    assert keeper.best[:2] == (0.7, 2) and int(keeper.best[2][0]) == 2 and keeper.peak[:2] == (0.9, 0)
+    assert outcomes[:4] == [None] * 4 and outcomes[4].startswith("catastrophic overfitting: held-out robust "
+                                                                 "accuracy fell from 0.700 to 0.450")
+    assert model.value == 4 and "switched_to_pgd_after_epoch" not in record
+
+
+def test_kept_weights_switches_to_pgd_from_the_peak_on_an_fgsm_collapse_and_not_without_pgd_epochs():
+    for has_pgd in (True, False):
+        model, record = _Weights(), {}
+        keeper = defenses.KeptWeights(model.get_weights(), 0.3, pgd_from=4, has_pgd=has_pgd)
+        for epoch, (eps, robust) in enumerate([(0.3, 0.5), (0.3, 0.6), (0.3, 0.35)]):
+            model.value = epoch
+            outcome = keeper.observe(model, epoch, eps, robust, record, "t")
+        if has_pgd:  # restored epoch 1's weights, PGD from epoch 3, training goes on
+            assert outcome is None and model.value == 1 and keeper.pgd_from == 3
+            assert record["switched_to_pgd_after_epoch"] == 3
+        else:  # no PGD epochs to switch to: the same drop stops training
+            assert outcome.startswith("catastrophic overfitting") and model.value == 2 and keeper.pgd_from == 4
+
+
 def test_robust_training_refuses_a_budget_it_cannot_hold_and_never_shortens_the_recipe(caplog):
     x, y = synthetic_digits(np.random.default_rng(5), 200)
     recipe = dict(batch_size=64, robust_epochs=3, robust_ramp_epochs=0, robust_holdout=40, robust_pgd_epochs=1,
