@@ -8,7 +8,16 @@ import pytest
 from conftest import synthetic_digits
 
 import secure_ai_mnist_main as main
-from secure_ai_mnist import config, detect_activations, detect_reversal, detection, detector_api, model, summary_schema
+from secure_ai_mnist import (
+    config,
+    detect_activations,
+    detect_reversal,
+    detection,
+    detector_api,
+    model,
+    stages,
+    summary_schema,
+)
 
 ANSWER_KEY_WORDS = ("poison", "idx", "indices", "target", "trigger", "count", "truth")
 
@@ -34,20 +43,20 @@ def test_detectors_cannot_receive_the_answer_key(function):
 
 
 def test_detection_and_removal_stages_never_read_the_answer_key():
-    stages = {s.name: s for s in main.pipeline(config.Config(poison_sweep="0,10"))}
+    by_name = {s.name: s for s in main.pipeline(config.Config(poison_sweep="0,10"))}
     for name in ("poison_detection", "detection_control", "poison_cleaned"):
-        assert "poison" not in stages[name].reads, name
-        assert not set(stages[name].config) & (set(main.TRIGGER) - {"seed"})
+        assert "poison" not in by_name[name].reads, name
+        assert not set(by_name[name].config) & (set(stages.TRIGGER) - {"seed"})
     # the scoring stage is the one that reads the truth, and it trains nothing
-    assert "poison" in stages["detection_scores"].reads and stages["detection_scores"].cache is None
-    assert stages["train_view"].run(config.Config(), {"poison": {"x": 1, "y": 2, "idx": 3}}) == {"x": 1, "y": 2}
+    assert "poison" in by_name["detection_scores"].reads and by_name["detection_scores"].cache is None
+    assert by_name["train_view"].run(config.Config(), {"poison": {"x": 1, "y": 2, "idx": 3}}) == {"x": 1, "y": 2}
 
 
 def test_removal_uses_the_configured_detector_not_the_best_scoring_one():
     rows = np.eye(len(detection.DETECTORS), dtype=bool)
     detections = (rows, {})
     for name, row in zip(detection.DETECTORS, rows):
-        assert main.selected_flags(config.Config(detector=name), detections).tolist() == row.tolist()
+        assert detection.selected_flags(config.Config(detector=name), detections).tolist() == row.tolist()
 
 
 def test_anomaly_index_marks_the_one_small_mask():

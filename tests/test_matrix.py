@@ -9,7 +9,7 @@ import json
 import numpy as np
 
 import secure_ai_mnist_main as main
-from secure_ai_mnist import config, matrix
+from secure_ai_mnist import config, matrix, stages
 from secure_ai_mnist.detection import DETECTORS
 from secure_ai_mnist.triggers import FAMILIES
 
@@ -41,9 +41,9 @@ def test_poisoned_set_is_deterministic_and_labels_only_the_poisons(rng):
 
 
 def test_matrix_stages_keep_models_when_a_detector_changes():
-    stages = {s.name: s for s in main.pipeline(config.Config(backdoor_matrix=True))}
-    assert not {"detect_reversal", "detect_activations", "detect_knn", "detection"} & set(stages["matrix_models"].modules)
-    assert "matrix_models" in stages["matrix_detection"].reads and stages["matrix_detection"].config == main.DETECT
+    by_name = {s.name: s for s in main.pipeline(config.Config(backdoor_matrix=True))}
+    assert not {"detect_reversal", "detect_activations", "detect_knn", "detection"} & set(by_name["matrix_models"].modules)
+    assert "matrix_models" in by_name["matrix_detection"].reads and by_name["matrix_detection"].config == stages.DETECT
     assert not [s.name for s in main.pipeline(config.Config()) if s.name.startswith("matrix")]
 
 
