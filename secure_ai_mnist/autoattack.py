@@ -37,6 +37,29 @@ def apgd_checkpoints(n_iter: int) -> np.ndarray:
     return np.array(marks)
 
 
+def apgd_loss(logits_of: Callable[..., Any], loss: str) -> Callable[..., Any]:
+    """APGD's per-sample loss on the logits of ``logits_of`` (inference mode): "ce" or
+    "dlr-targeted" (see ``make_apgd``). The returned ``f(x_adv, y, target)`` gives (per-sample
+    loss (N,), its input gradient (N, 28, 28, 1), misclassified (N,) bool)."""
+    import tensorflow as tf
+
+    def loss_and_grad(x_adv, y, target):
+        with tf.GradientTape() as tape:
+            tape.watch(x_adv)
+            logits = logits_of(x_adv, training=False)
+            if loss == "ce":
+                per_sample = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+            else:
+                z = tf.sort(logits, axis=1, direction="DESCENDING")
+                z_y = tf.gather(logits, y, batch_dims=1)
+                z_t = tf.gather(logits, target, batch_dims=1)
+                per_sample = -(z_y - z_t) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + 1e-12)
+            total = tf.reduce_sum(per_sample)
+        return per_sample, tape.gradient(total, x_adv), tf.argmax(logits, axis=1) != y
+
+    return loss_and_grad
+
+
 def make_apgd(model: keras.Model, loss: str) -> Callable[..., Any]:
     """A compiled APGD (Croce and Hein 2020) for ``model`` on its logits, L-inf, inference mode.
 
@@ -55,23 +78,9 @@ def make_apgd(model: keras.Model, loss: str) -> Callable[..., Any]:
 
     if loss not in ("ce", "dlr-targeted"):
         raise ValueError(f"unknown APGD loss {loss!r}")
-    logits_of = logits_model(model)
+    loss_and_grad = apgd_loss(logits_model(model), loss)
     image = tf.TensorSpec([None, *IMAGE_SHAPE], tf.float32)
     label = tf.TensorSpec([None], tf.int64)
-
-    def loss_and_grad(x_adv, y, target):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            logits = logits_of(x_adv, training=False)
-            if loss == "ce":
-                per_sample = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-            else:
-                z = tf.sort(logits, axis=1, direction="DESCENDING")
-                z_y = tf.gather(logits, y, batch_dims=1)
-                z_t = tf.gather(logits, target, batch_dims=1)
-                per_sample = -(z_y - z_t) / (z[:, 0] - (z[:, 2] + z[:, 3]) / 2 + 1e-12)
-            total = tf.reduce_sum(per_sample)
-        return per_sample, tape.gradient(total, x_adv), tf.argmax(logits, axis=1) != y
 
     @tf.function(input_signature=[image, label, label, image, tf.TensorSpec([], tf.float32),
                                   tf.TensorSpec([None], tf.float32)])
