@@ -190,7 +190,16 @@ class Config:
     log_level: str = _opt("INFO", "logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
-        checks = [
+        for ok, message in (*self._data_and_trigger_checks(), *self._attack_checks(), *self._robust_checks(),
+                            *self._run_checks()):
+            if not ok:
+                raise ConfigError(message)
+        if self.train_limit and self.poison_count > self.train_limit:
+            raise ConfigError("--poison-count cannot exceed --train-limit")
+
+    def _data_and_trigger_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the training, data and trigger flags."""
+        return [
             (self.epochs >= 1, "--epochs must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.learning_rate > 0, "--learning-rate must be > 0"),
@@ -211,6 +220,11 @@ class Config:
             (self.wanet_cross_ratio >= 0, "--wanet-cross-ratio must be >= 0"),
             (not self.poison_sweep or self.backdoor == "badnets", "--poison-sweep varies the badnets patch size; "
                                                                   "use it with --backdoor badnets"),
+        ]
+
+    def _attack_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the evasion attack flags and --defense."""
+        return [
             (0 < self.fgsm_eps <= 1, "--fgsm-eps must be in (0, 1] (pixels are in [0, 1])"),
             (0 < self.pgd_eps <= 1, "--pgd-eps must be in (0, 1]"),
             (0 < self.pgd_step_size <= 1, "--pgd-step-size must be in (0, 1]"),
@@ -218,6 +232,11 @@ class Config:
             (self.pgd_train_steps >= 1, "--pgd-train-steps must be >= 1"),
             (set(self.defense.split(",")) <= {"fgsm", "fgsm-rs", "pgd", "robust"},
              "--defense takes a comma-separated list of fgsm, fgsm-rs, pgd, robust"),
+        ]
+
+    def _robust_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the robust defense's recipe flags."""
+        return [
             (self.robust_epochs >= 1, "--robust-epochs must be >= 1"),
             (self.robust_lr > 0, "--robust-lr must be > 0"),
             (self.robust_ramp_epochs >= 0, "--robust-ramp-epochs must be >= 0"),
@@ -227,6 +246,11 @@ class Config:
             (self.robust_pgd_steps >= 1, "--robust-pgd-steps must be >= 1"),
             (self.robust_trades_beta > 0, "--robust-trades-beta must be > 0"),
             (self.robust_budget_min > 0, "--robust-budget-min must be > 0"),
+        ]
+
+    def _run_checks(self) -> list[tuple[bool, str]]:
+        """(holds, message) for the sweep, detection, evaluation and study flags."""
+        return [
             (_int_list_ok(self.poison_sweep, 0), "--poison-sweep takes comma-separated counts >= 0"),
             (_int_list_ok(self.sweep_trigger_sizes, 1) and self.sweep_trigger_sizes.strip() != "",
              "--sweep-trigger-sizes takes comma-separated sizes >= 1"),
@@ -253,11 +277,6 @@ class Config:
              "--workers and --ray-address run the seeds of a study or the points of --poison-sweep and "
              "--backdoor-matrix; give one of those too"),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ConfigError(message)
-        if self.train_limit and self.poison_count > self.train_limit:
-            raise ConfigError("--poison-count cannot exceed --train-limit")
 
     @property
     def per_batch_defenses(self) -> tuple[str, ...]:
