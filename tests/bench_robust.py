@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def main() -> int:
+def parse_args() -> tuple[argparse.Namespace, list[str]]:
+    """The benchmark's own flags, and the rest (flags of the main script)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--restarts", type=int, default=3, help="PGD random starts")
@@ -63,18 +64,19 @@ def main() -> int:
     parser.add_argument("--shards", type=lambda text: sorted({int(k) for k in text.split(",")}), default=None,
                         help="with --shard-size: run only these shards, e.g. 0,5 (a screen of a candidate "
                              "recipe on a hard and an easy part of the test set); no merge until all are there")
-    args, rest = parser.parse_known_args()
+    return parser.parse_known_args()
 
-    import keras
+
+def main() -> int:
+    args, rest = parse_args()
 
     from secure_ai_mnist.attacks import generate_fgsm, generate_pgd
     from secure_ai_mnist.autoattack import autoattack
     from secure_ai_mnist.common import setup_logging
     from secure_ai_mnist.config import parse_config
     from secure_ai_mnist.data import load_mnist, sample_subset, to_model_input
-    from secure_ai_mnist.defenses import train_robust
     from secure_ai_mnist.evaluation import accuracy
-    from secure_ai_mnist.model import configure_tensorflow, save_model
+    from secure_ai_mnist.model import configure_tensorflow
 
     cfg = parse_config(["--pgd-restarts", str(args.restarts), *rest])
     setup_logging("INFO")
@@ -82,18 +84,8 @@ def main() -> int:
     configure_tensorflow(cfg.threads)
     x_train, y_train = to_model_input(data.x_train), data.y_train
     x_test, y_test = to_model_input(data.x_test), data.y_test
-    started, model_file = time.time(), None
-    if args.model_in:
-        model, record = keras.models.load_model(args.model_in, safe_mode=True), {"loaded_from": str(args.model_in)}
-        if args.training_json:
-            record = {**json.loads(args.training_json.read_text())["training"], **record}
-    else:
-        model, record = train_robust(x_train, y_train, cfg, "defense_robust")
-        # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in
-        # and --training-json (the record beside the model).
-        if args.model_out:
-            model_file = save_model(model, args.model_out)
-            args.model_out.with_suffix(".training.json").write_text(json.dumps({"training": record}, indent=2))
+    started = time.time()
+    model, record, model_file = load_or_train(args, x_train, y_train, cfg)
     clean = accuracy(model, x_test, y_test, cfg.attack_batch_size)
     x_fgsm, _ = generate_fgsm(model, x_test, y_test, cfg, "test set vs robust defense")
     fgsm = accuracy(model, x_fgsm, y_test, cfg.attack_batch_size)
@@ -126,6 +118,29 @@ def main() -> int:
           + (f"trained {record['train_time_s']:.0f} s ({record['epochs_run']} epochs, kept {record['kept_epoch']}, "
              f"{record['stop_reason']})" if "train_time_s" in record else f"model {args.model_in}"))
     return 0
+
+
+def load_or_train(args: argparse.Namespace, x_train: np.ndarray, y_train: np.ndarray, cfg) -> tuple:
+    """(model, training record, saved model file or None): ``--model-in`` with the record of
+    ``--training-json``, or the robust defense trained now (saved to ``--model-out`` if given)."""
+    import keras
+
+    from secure_ai_mnist.defenses import train_robust
+    from secure_ai_mnist.model import save_model
+
+    if args.model_in:
+        model, record = keras.models.load_model(args.model_in, safe_mode=True), {"loaded_from": str(args.model_in)}
+        if args.training_json:
+            record = {**json.loads(args.training_json.read_text())["training"], **record}
+        return model, record, None
+    model, record = train_robust(x_train, y_train, cfg, "defense_robust")
+    if not args.model_out:
+        return model, record, None
+    # Saved before the hour of attacks, so an evaluation can be rerun (or redone) with --model-in
+    # and --training-json (the record beside the model).
+    model_file = save_model(model, args.model_out)
+    args.model_out.with_suffix(".training.json").write_text(json.dumps({"training": record}, indent=2))
+    return model, record, model_file
 
 
 # AutoAttack (standard version) at eps 0.3 on MNIST, from the model tables of fra31/auto-attack,
