@@ -110,7 +110,7 @@ def naive_cnn():
     return model
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-n", type=int, default=15000, help="training images per timed epoch")
     parser.add_argument("--attack-n", type=int, default=10000, help="images for the FGSM comparison")
@@ -118,28 +118,27 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats per measurement (best is kept)")
     parser.add_argument("--pipeline", action="store_true", help="also time --quick and full default runs")
     from secure_ai_mnist.model import PRECISION_POLICIES  # light: TensorFlow is imported lazily
-    from secure_ai_mnist.provenance import git_state
 
     parser.add_argument("--precision", choices=tuple(PRECISION_POLICIES), default="fp32",
                         help="the trainings' --precision, in the timed epoch and in every pipeline run")
     parser.add_argument("--out", type=Path, default=ROOT / "secure_ai_outputs" / "bench_pipeline.json")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    from secure_ai_mnist.provenance import git_state
+
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     state = git_state()  # what runs
     code = {"commit": state["commit"], "tree_clean": state["dirty"] is False}
 
-    import keras
-
-    from secure_ai_mnist import attacks, config, data, model
+    from secure_ai_mnist import config, data, model
     from secure_ai_mnist.common import atomic_write_bytes
 
     model.configure_tensorflow(0)
     model.seed_everything(0)
     mnist = data.load_mnist(config.Config())
-    x = data.to_model_input(mnist.x_train[: args.train_n])
-    y = mnist.y_train[: args.train_n]
-    y_onehot = keras.utils.to_categorical(y, 10)
-    x_test, y_test = data.to_model_input(mnist.x_test), mnist.y_test
     rows = []
     peak = matmul_peak_gflops(args.repeats)
     print(f"matmul peak: {peak:.1f} GFLOP/s", flush=True)
@@ -149,7 +148,34 @@ def main() -> int:
         rows.append((stage, ours, naive, gflops, note))
         print(f"{stage}: ours {ours:.2f}s naive {naive if naive is None else round(naive, 2)}s {note}", flush=True)
 
-    # Training: one epoch on train_n images, after a warm-up epoch that absorbs tracing.
+    ours_model = bench_training(args, mnist, row)
+    bench_attacks(args, ours_model, data.to_model_input(mnist.x_test), mnist.y_test, row)
+    runs = time_pipeline(peak, ["--precision", args.precision] if args.precision != "fp32" else []) \
+        if args.pipeline else {}
+    for label, run in runs.items():
+        row(label, run["wall_s"], None, None)
+    print_table(rows, peak)
+    record = {"command": " ".join(["python tests/bench_pipeline.py", *sys.argv[1:]]), "started_utc": started,
+              **code,
+              "cpu": cpu_flags(), "matmul_peak_gflops": round(peak, 1),
+              "stages": [{"stage": s, "ours_s": round(o, 3), "naive_s": n and round(n, 3),
+                          "gflops": g and round(g, 1), "note": note} for s, o, n, g, note in rows],
+              "runs": runs}
+    atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def bench_training(args: argparse.Namespace, mnist, row: Callable[..., None]):
+    """One training epoch on args.train_n images, ours against plain Keras (after a warm-up epoch
+    that absorbs tracing), and clean evaluation of the test set; returns our model in float32."""
+    import keras
+
+    from secure_ai_mnist import data, model
+
+    x = data.to_model_input(mnist.x_train[: args.train_n])
+    y_onehot = keras.utils.to_categorical(mnist.y_train[: args.train_n], 10)
+    x_test, y_test = data.to_model_input(mnist.x_test), mnist.y_test
     ours_model = model.build_baseline_cnn(precision=args.precision)
     ours_model.fit(x[:2048], y_onehot[:2048], batch_size=128, epochs=1, verbose=0)
     t_ours = best_of(args.repeats, lambda: ours_model.fit(x, y_onehot, batch_size=128, epochs=1, verbose=0))
@@ -158,14 +184,19 @@ def main() -> int:
     t_naive = best_of(args.repeats, lambda: plain.fit(x, y_onehot, batch_size=128, epochs=1, verbose=0))
     row(f"train 1 epoch ({args.train_n} images)" + (", bf16" if args.precision == "bf16" else ""), t_ours, t_naive,
         TRAIN_FLOP * args.train_n, "naive: fp32" if args.precision == "bf16" else "")
-    ours_model = model.float32_model(ours_model)  # the attacks below run in fp32, as in the pipeline
-
-    # Clean evaluation of the 10k test set.
+    ours_model = model.float32_model(ours_model)  # the attacks run in fp32, as in the pipeline
     t_ours = best_of(args.repeats, lambda: model.predict_probabilities(ours_model, x_test, 64))
     t_naive = best_of(args.repeats, lambda: plain.evaluate(x_test, keras.utils.to_categorical(y_test, 10), verbose=0))
     row("evaluate 10,000 test images", t_ours, t_naive, FORWARD_FLOP * len(x_test))
+    return ours_model
 
-    # FGSM, eps 0.3, true labels: compiled vs ART on the same trained model.
+
+def bench_attacks(args: argparse.Namespace, ours_model, x_test: np.ndarray, y_test: np.ndarray,
+                  row: Callable[..., None]) -> None:
+    """FGSM (eps 0.3, true labels) and PGD-40 without random start (deterministic, so the results
+    must match ART's), compiled against ART on the same trained model."""
+    from secure_ai_mnist import attacks, config, model
+
     xa, ya = x_test[: args.attack_n], y_test[: args.attack_n]
     cfg_ours = config.Config(attack_backend="compiled")
     cfg_art = config.Config(attack_backend="art", attack_batch_size=32)  # ART's default batch size
@@ -177,8 +208,6 @@ def main() -> int:
     equal = float(np.mean(np.isclose(x_o, x_a, atol=1e-6)))
     row(f"FGSM ({args.attack_n} images)", t_ours, t_art, ATTACK_STEP_FLOP * args.attack_n,
         f"pixels equal to ART: {100 * equal:.3f}%")
-
-    # PGD-40 without random start (deterministic, so results must match ART's).
     xp, yp = x_test[: args.pgd_n], y_test[: args.pgd_n]
     fn = attacks.make_linf_attack(ours_model)
     attacks.linf_attack(fn, xp[:64], yp[:64], 0.3, 0.01, 2, batch_size=64)
@@ -192,11 +221,8 @@ def main() -> int:
         f"robust acc ours {1 - fooled.mean():.4f} / ART {acc_art:.4f}; "
         f"pixels equal {100 * np.mean(np.isclose(x_o, x_a, atol=1e-5)):.2f}%")
 
-    runs = time_pipeline(peak, ["--precision", args.precision] if args.precision != "fp32" else []) \
-        if args.pipeline else {}
-    for label, run in runs.items():
-        row(label, run["wall_s"], None, None)
 
+def print_table(rows: list[tuple], peak: float) -> None:
     print(f"\nmachine: {os.cpu_count()} cores; TensorFlow float32 matmul peak {peak:.1f} GFLOP/s\n")
     print("| stage | ours (s) | naive Keras+ART (s) | speed-up | ours GFLOP/s | % of matmul peak | note |")
     print("|---|---|---|---|---|---|---|")
@@ -206,15 +232,6 @@ def main() -> int:
         g = "-" if gflops is None else f"{gflops:.1f}"
         pct = "-" if gflops is None else f"{100 * gflops / peak:.0f}%"
         print(f"| {stage} | {ours:.2f} | {naive_s} | {ratio} | {g} | {pct} | {note} |")
-    record = {"command": " ".join(["python tests/bench_pipeline.py", *sys.argv[1:]]), "started_utc": started,
-              **code,
-              "cpu": cpu_flags(), "matmul_peak_gflops": round(peak, 1),
-              "stages": [{"stage": s, "ours_s": round(o, 3), "naive_s": n and round(n, 3),
-                          "gflops": g and round(g, 1), "note": note} for s, o, n, g, note in rows],
-              "runs": runs}
-    atomic_write_bytes(args.out, (json.dumps(record, indent=2) + "\n").encode())
-    print(f"wrote {args.out}")
-    return 0
 
 
 def time_pipeline(peak: float, flags: list[str]) -> dict[str, dict[str, object]]:
