@@ -140,7 +140,7 @@ class Config:
     robust_pgd_epochs: int = _opt(16, "the robust defense's last this many epochs (all of them when larger) train on "
                                      "PGD examples (random start, --robust-pgd-steps steps of 2.5 eps / steps) "
                                      "instead of FGSM-RS; 0 = FGSM-RS throughout")
-    robust_pgd_steps: int = _opt(5, "PGD steps per batch in the robust defense's PGD epochs")
+    robust_pgd_steps: int = _opt(10, "PGD steps per batch in the robust defense's PGD epochs")
     robust_loss: str = _opt("ce", "training loss of the robust defense: ce (cross-entropy on the attacked images, "
                                   "Madry et al.) or trades (clean cross-entropy + --robust-trades-beta x KL(clean || "
                                   "attacked), the attack maximising that KL; Zhang et al. 2019)", choices=("ce", "trades"))
@@ -158,7 +158,7 @@ class Config:
                                  choices=("fp32", "bf16"))
     robust_guard: str = _opt("apgd", "attack of the robust defense's overfitting guard on its held-out images: "
                                       "pgd10 (PGD-10) or apgd (APGD-CE, 20 iterations)", choices=("pgd10", "apgd"))
-    robust_budget_min: float = _opt(60.0, "minutes of training the robust defense may take: when its first "
+    robust_budget_min: float = _opt(75.0, "minutes of training the robust defense may take: when its first "
                                           "epochs project the planned epochs past this, the run stops with an "
                                           "error (the recipe is never cut short)")
     pgd_eps: float = _opt(0.3, "PGD L-infinity budget (evaluation and the per-batch defenses)")
