@@ -213,6 +213,7 @@ def plot_robust_vs_compute(points: list[dict[str, Any]], path: Path) -> str:
         ax.annotate(f"{p['label']}\n{100 * p['accuracy']:.2f}%" + (f", {p['note']}" if p["note"] else ""),
                     (p["passes"], 100 * p["accuracy"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xscale("log")
+    ax.margins(y=0.12)  # room above the highest point for its two-line label
     ax.set(xlabel="training compute: gradient passes per training image (epochs x (attack steps + 1))",
            ylabel="robust accuracy under AutoAttack, eps 0.3 (%)",
            title="MNIST L-inf robustness against training compute")
