@@ -298,18 +298,21 @@ def test_projected_minutes_scale_unmeasured_pgd_epochs_by_their_gradient_count()
     assert defenses.projected_minutes(record, cfg, pgd_from=6) == pytest.approx((6 * 70 + 4 * 250) / 60)
 
 
-@pytest.mark.parametrize("record_file", ["bench_robust_screens/smallcnn_pgd10/training.json",
-                                         "bench_robust_screens/smallcnn_eps035_26ep/training.json",
-                                         "bench_robust_screens/train_eps035/training.json",
-                                         "bench_robust_screens/pgd10_steps/training.json", "bench_robust_profile.json"])
-def test_projection_from_the_first_epoch_holds_for_the_committed_fp32_recipes(record_file):
+@pytest.mark.parametrize("record_file, section", [
+    ("bench_robust_screens/smallcnn_pgd10/training.json", None),
+    ("bench_robust_screens/smallcnn_eps035_26ep/training.json", None),
+    ("bench_robust_screens/train_eps035/training.json", None),
+    ("bench_robust_screens/pgd10_steps/training.json", None),
+    ("bench_robust_profile.json", "previous_recipe_smallcnn_pgd5")])
+def test_projection_from_the_first_epoch_holds_for_the_committed_fp32_recipes(record_file, section):
     """The budget check's first projection (after one FGSM-RS epoch) against the whole training
     each committed fp32 recipe measured: PGD-5 and PGD-10, seed CNN and SmallCNN, within 10%."""
     import json
 
     from conftest import ROOT
 
-    record = json.loads((ROOT / "secure_ai_outputs" / record_file).read_text())["training"]
+    committed = json.loads((ROOT / "secure_ai_outputs" / record_file).read_text())
+    record = (committed[section] if section else committed)["training"]
     assert record["stop_reason"] == "planned epochs done" and record["epoch_steps"][0] == 1
     cfg = config.Config(robust_epochs=record["epochs_run"], robust_pgd_epochs=record["pgd_epochs"],
                         robust_pgd_steps=record["pgd_steps"])
