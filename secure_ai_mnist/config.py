@@ -149,8 +149,9 @@ class Config:
     robust_net: str = _opt("smallcnn", "network of the robust defense: smallcnn (TRADES's MNIST SmallCNN: 3x3 "
                                        "convolutions 32-32-pool-64-64-pool, two dense layers of 200; cheaper to train "
                                        "and more robust under the complete AutoAttack than the seed CNN, see the "
-                                       "README) or seed (the seed CNN every other model uses)",
-                           choices=("smallcnn", "seed"))
+                                       "README), smallcnn-silu (the same with SiLU instead of ReLU, a candidate "
+                                       "of the recipe search) or seed (the seed CNN every other model uses)",
+                           choices=("smallcnn", "smallcnn-silu", "seed"))
     robust_precision: str = _opt("fp32", "arithmetic of the robust defense's training steps: fp32, or bf16 "
                                          "(Keras's mixed_bfloat16: float32 weights, bfloat16 layers; fast only "
                                          "where the CPU has AVX512_BF16 or AMX). Its guard and every "

@@ -95,12 +95,14 @@ def build_baseline_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> 
     return model
 
 
-def build_small_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> keras.Model:
+def build_small_cnn(learning_rate: float = 1e-3, precision: str = "fp32", activation: str = "relu") -> keras.Model:
     """TRADES's MNIST SmallCNN (Zhang et al. 2019), an option of the robust defense only: 3x3
     convolutions 32, 32, max-pool, 64, 64, max-pool, dense 200, 200, then the 'logits' and
     'probabilities' layers as in the seed CNN. Not the seed CNN: deeper and narrower, with
     312,202 weights against 1,199,882 and about 0.8 times its FLOPs per training step.
-    ``precision`` as in ``build_baseline_cnn``."""
+    ``precision`` as in ``build_baseline_cnn``; ``activation`` of its hidden layers: "relu" (TRADES's)
+    or "silu" (smooth, x * sigmoid(x): no flat zero region for gradients to vanish in, as in smooth
+    adversarial training, Xie et al. 2020); the model's name says which."""
     import keras
     from keras import layers
 
@@ -109,22 +111,23 @@ def build_small_cnn(learning_rate: float = 1e-3, precision: str = "fp32") -> ker
     x = inputs
     for filters in (32, 32, "pool", 64, 64, "pool"):
         x = layers.MaxPooling2D(2, dtype=policy)(x) if filters == "pool" else \
-            layers.Conv2D(filters, 3, activation="relu", dtype=policy)(x)
-    x = layers.Dense(200, activation="relu", dtype=policy)(layers.Flatten(dtype=policy)(x))
-    x = layers.Dense(200, activation="relu", name="penultimate", dtype=policy)(layers.Dropout(0.5, dtype=policy)(x))
+            layers.Conv2D(filters, 3, activation=activation, dtype=policy)(x)
+    x = layers.Dense(200, activation=activation, dtype=policy)(layers.Flatten(dtype=policy)(x))
+    x = layers.Dense(200, activation=activation, name="penultimate", dtype=policy)(layers.Dropout(0.5, dtype=policy)(x))
     logits = layers.Dense(NUM_CLASSES, name="logits", dtype=policy)(x)
     probabilities = layers.Activation("softmax", name="probabilities", dtype="float32")(logits)
-    model = keras.Model(inputs, probabilities, name=SMALL_CNN_NAME)
+    model = keras.Model(inputs, probabilities, name=SMALL_CNN_NAME + ("" if activation == "relu" else f"_{activation}"))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate=learning_rate), loss="categorical_crossentropy",
                   metrics=["accuracy"])
     return model
 
 
 def build_network(name: str, learning_rate: float = 1e-3, precision: str = "fp32") -> keras.Model:
-    """The network ``name`` ("seed" or "smallcnn") computing in ``precision``, compiled with Adam at
-    ``learning_rate``."""
-    builder = build_small_cnn if name == "smallcnn" else build_baseline_cnn
-    return builder(learning_rate, precision)
+    """The network ``name`` ("seed", "smallcnn" or "smallcnn-silu") computing in ``precision``, compiled
+    with Adam at ``learning_rate``."""
+    if name == "seed":
+        return build_baseline_cnn(learning_rate, precision)
+    return build_small_cnn(learning_rate, precision, "silu" if name == "smallcnn-silu" else "relu")
 
 
 def _progress_callback(label: str, epochs: int) -> Any:
@@ -179,7 +182,8 @@ def float32_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Mode
     attack runs in float32."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    fp32 = build_network("smallcnn" if model.name == SMALL_CNN_NAME else "seed", learning_rate)
+    names = {SMALL_CNN_NAME: "smallcnn", f"{SMALL_CNN_NAME}_silu": "smallcnn-silu"}
+    fp32 = build_network(names.get(model.name, "seed"), learning_rate)
     fp32.set_weights(model.get_weights())
     return fp32
 

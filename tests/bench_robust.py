@@ -163,7 +163,7 @@ def robust_vs_compute_figure(record: dict, robust: dict, path: Path) -> dict:
 
     points = [{"label": label, "passes": epochs * (steps + 1), "accuracy": acc, "ours": False,
                "note": f"{epochs} epochs"} for label, epochs, steps, acc in PUBLISHED]
-    network = {"seed": "seed CNN", "smallcnn": "SmallCNN"}[record.get("network", "seed")]
+    network = {"seed": "seed CNN", "smallcnn": "SmallCNN", "smallcnn-silu": "SmallCNN (SiLU)"}[record.get("network", "seed")]
     points.append({"label": f"ours ({network})", "passes": training_passes(record), "accuracy": robust["robust_accuracy"],
                    "ours": True, "note": f"{record['train_time_s'] / 60:.0f} min on {os.cpu_count()} CPU cores, "
                                          f"{robust['n']} images"})

@@ -375,3 +375,23 @@ def test_the_time_budget_is_no_part_of_the_robust_defense_key():
     stage = next(s for s in main.pipeline(config.Config(defense="fgsm,robust")) if s.name == "defense_robust")
     assert "robust_epochs" in stage.config and "robust_pgd_steps" in stage.config
     assert "robust_budget_min" not in stage.config  # it refuses a run, never changes the model
+
+
+def test_robust_net_smallcnn_silu_is_the_smallcnn_with_smooth_activations_and_survives_fp32_conversion():
+    from secure_ai_mnist.model import build_network, float32_model
+
+    relu, silu = build_network("smallcnn"), build_network("smallcnn-silu")
+    assert silu.name == "mnist_small_cnn_silu" and silu.count_params() == relu.count_params() == 312_202
+    hidden = [layer.activation.__name__ for layer in silu.layers if hasattr(layer, "activation")][:-2]
+    assert hidden == ["silu"] * 6 and "relu" not in hidden
+    silu.set_weights(relu.get_weights())
+    x = synthetic_digits(np.random.default_rng(3), 8)[0]
+    assert not np.allclose(silu.predict_on_batch(x), relu.predict_on_batch(x))  # the activation reaches the layers
+    back = float32_model(build_network("smallcnn-silu", precision="bf16"))
+    assert back.name == "mnist_small_cnn_silu" and back.layers[1].activation.__name__ == "silu"
+    x, y = synthetic_digits(np.random.default_rng(4), 96)
+    recipe = dict(batch_size=32, robust_epochs=1, robust_ramp_epochs=0, robust_holdout=32, robust_pgd_epochs=1,
+                  robust_pgd_steps=2, robust_guard="pgd10", robust_net="smallcnn-silu")
+    model, record = defenses.train_per_batch_adversarial(x, y, config.Config(**recipe), "robust", "silu")
+    assert model.name == "mnist_small_cnn_silu" and record["network"] == "smallcnn-silu"
+    assert "SmallCNN with SiLU" in record["method"]
