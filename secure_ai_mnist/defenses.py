@@ -302,8 +302,8 @@ def robust_record(cfg: Config, n_train: int, n_holdout: int) -> dict[str, Any]:
         f", PGD-{cfg.robust_pgd_steps} in the last {cfg.robust_pgd_epochs} epochs" if cfg.robust_pgd_epochs else "") + (
         f", TRADES loss (beta {cfg.robust_trades_beta:g})" if cfg.robust_loss == "trades" else "") + (
         f", trained at eps {eps:g}" if eps != cfg.pgd_eps else "") + (
-        ", TRADES's SmallCNN (not the seed CNN)" if cfg.robust_net == "smallcnn" else "") + (
-        ", TRADES's SmallCNN with SiLU (not the seed CNN)" if cfg.robust_net == "smallcnn-silu" else "") + (
+        f", TRADES's SmallCNN{' with SiLU' if cfg.robust_net.endswith('silu') else ''} (not the seed CNN)"
+        if cfg.robust_net != "seed" else "") + (
         ", bf16 training steps" if cfg.robust_precision == "bf16" else "")
     return {"method": method, "eps": eps, "guard_eps": cfg.pgd_eps, "step_size": 1.25 * eps, "steps": 1,
             "lr_peak": cfg.robust_lr, "pgd_epochs": cfg.robust_pgd_epochs, "pgd_steps": cfg.robust_pgd_steps,
