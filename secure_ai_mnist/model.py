@@ -182,8 +182,10 @@ def float32_model(model: keras.Model, learning_rate: float = 1e-3) -> keras.Mode
     attack runs in float32."""
     if all(layer.dtype_policy.name == "float32" for layer in model.layers):
         return model
-    names = {SMALL_CNN_NAME: "smallcnn", f"{SMALL_CNN_NAME}_silu": "smallcnn-silu"}
-    fp32 = build_network(names.get(model.name, "seed"), learning_rate)
+    if model.name.startswith(SMALL_CNN_NAME):  # the activation is read off the model, not a second name table
+        fp32 = build_small_cnn(learning_rate, "fp32", model.get_layer(index=1).activation.__name__)
+    else:
+        fp32 = build_baseline_cnn(learning_rate)
     fp32.set_weights(model.get_weights())
     return fp32
 
