@@ -294,20 +294,25 @@ def make_ensemble(model: keras.Model) -> dict[str, Callable[..., Any]]:
 def whitebox_ensemble(
     model: keras.Model, x: np.ndarray, y: np.ndarray, eps: float, n_iter: int, targets: int,
     rng: np.random.Generator, batch_size: int, attacks: dict[str, Callable[..., Any]] | None = None,
+    restarts: int = 1,
 ) -> dict[str, np.ndarray]:
-    """Clean check, APGD-CE, APGD-T (DLR) and FAB-T, each targeted run on each of the ``targets``
-    highest-scoring other classes by the clean logits, each attack on the points still robust.
-    ``attacks``: ``make_ensemble(model)``, built here when not given.
+    """Clean check, APGD-CE from ``restarts`` random starts, APGD-T (DLR) and FAB-T, each targeted
+    run on each of the ``targets`` highest-scoring other classes by the clean logits, each attack
+    (and each restart) on the points still robust. ``attacks``: ``make_ensemble(model)``, built here
+    when not given. The first start draws from ``rng`` as a single-start run does, so the APGD-CE
+    mask of more restarts is a subset of a single start's.
     Returns the robust mask bool (N,) after each attack in turn (clean, apgd_ce, apgd_t, fab_t)."""
     attacks = attacks or make_ensemble(model)
     logits = predicted(model, x, batch_size)
     robust = logits.argmax(axis=1) == y
     masks = {"clean": robust.copy()}
-    todo = np.flatnonzero(robust)
-    robust[todo] &= ~run_apgd(model, x[todo], y[todo], y[todo], "ce", eps, n_iter, rng, batch_size,
-                              attacks["apgd_ce"])[1]
+    for start in range(restarts):
+        todo = np.flatnonzero(robust)
+        robust[todo] &= ~run_apgd(model, x[todo], y[todo], y[todo], "ce", eps, n_iter, rng, batch_size,
+                                  attacks["apgd_ce"])[1]
+        LOG.info("  APGD-CE (%d iterations, start %d of %d): %d of %d still robust", n_iter, start + 1, restarts,
+                 robust.sum(), len(y))
     masks["apgd_ce"] = robust.copy()
-    LOG.info("  APGD-CE (%d iterations): %d of %d still robust", n_iter, robust.sum(), len(y))
     ranked = np.argsort(-np.where(np.eye(NUM_CLASSES, dtype=bool)[y], -np.inf, logits), axis=1, kind="stable")
     targeted_rounds(robust, ranked, targets, "APGD-T (DLR)", lambda idx, target: run_apgd(
         model, x[idx], y[idx], target, "dlr-targeted", eps, n_iter, rng, batch_size, attacks["apgd_t"])[1])
@@ -356,7 +361,7 @@ def autoattack(
     """
     start, attacks = time.perf_counter(), make_ensemble(model)
     masks = whitebox_ensemble(model, x, y, cfg.pgd_eps, cfg.autoattack_iters, cfg.autoattack_targets, rng,
-                              cfg.attack_batch_size, attacks)
+                              cfg.attack_batch_size, attacks, cfg.autoattack_restarts)
     n = square_subset(cfg, len(y))
     robust = masks["fab_t"][:n].copy()
     if cfg.square_queries:
@@ -390,7 +395,8 @@ def failure_checks(
     moves has not converged."""
     n = min(cfg.stability_limit, len(y))
     double = whitebox_ensemble(model, x[:n], y[:n], cfg.pgd_eps, 2 * cfg.autoattack_iters,
-                               cfg.autoattack_targets, rng, cfg.attack_batch_size, attacks)["fab_t"]
+                               cfg.autoattack_targets, rng, cfg.attack_batch_size, attacks,
+                               cfg.autoattack_restarts)["fab_t"]
     return {"zero_gradient_share": zero_gradient_share(model, x, y, cfg.attack_batch_size),
             "stability": {"n": int(n), "iterations": [cfg.autoattack_iters, 2 * cfg.autoattack_iters],
                           "accuracy": [float(whitebox[:n].mean()), float(double.mean())] if n else []}}

@@ -174,6 +174,8 @@ class Config:
                                       "logits (9 = all, AutoAttack's standard; --profile robust uses 5: on its "
                                       "model APGD-T's targets 6-9 fooled 3 more of the 10,000 test images, "
                                       "0.03 points, for 14 minutes)")
+    autoattack_restarts: int = _opt(1, "random starts of APGD-CE in the AutoAttack evaluation, each on the points "
+                                       "still robust (1 = AutoAttack's standard version; its plus version uses 5)")
     square_queries: int = _opt(5000, "queries of the black-box Square attack in the AutoAttack evaluation "
                                      "(0 = skip Square)")
     square_limit: int = _opt(0, "Square attacks only the first this many PGD images (0 = all of them, AutoAttack's "
@@ -264,6 +266,7 @@ class Config:
             (self.pgd_limit >= 0, "--pgd-limit must be >= 0 (0 = all)"),
             (self.autoattack_iters >= 1, "--autoattack-iters must be >= 1"),
             (1 <= self.autoattack_targets <= NUM_CLASSES - 1, "--autoattack-targets must be between 1 and 9"),
+            (self.autoattack_restarts >= 1, "--autoattack-restarts must be >= 1"),
             (self.square_queries >= 0, "--square-queries must be >= 0 (0 = no Square attack)"),
             (self.square_limit >= 0, "--square-limit must be >= 0 (0 = all PGD images)"),
             (self.stability_limit >= 0, "--stability-limit must be >= 0 (0 = skip)"),

@@ -66,7 +66,8 @@ def backdoor_entry(cfg: Config, r: dict[str, Any], evals: dict[str, Any]) -> dic
 def autoattack_entry(cfg: Config, attacked: tuple[str, ...], r: dict[str, Any]) -> dict[str, Any]:
     """summary["autoattack"]: the ensemble's settings and each attacked model's result."""
     return {"attacks": ATTACKS, "eps": cfg.pgd_eps, "iterations": cfg.autoattack_iters,
-            "target_classes": cfg.autoattack_targets, "square_queries": cfg.square_queries,
+            "target_classes": cfg.autoattack_targets, "apgd_ce_restarts": cfg.autoattack_restarts,
+            "square_queries": cfg.square_queries,
             "square_limit": cfg.square_limit, "n_test_images": int(len(r["pgd_subset"])),
             "subset_sha256": sha256_bytes(r["pgd_subset"].tobytes()),
             "per_model": {name: r[f"autoattack:{name}"][1] for name in attacked}}

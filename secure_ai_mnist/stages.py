@@ -51,7 +51,7 @@ TRIGGER = ("poison_count", "target_class", "backdoor", "trigger_size", "trigger_
 DETECT = ("reversal_steps", "detection_fraction", "seed")
 FGSM = ("fgsm_eps", "attack_backend")
 PGD = ("pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "seed")
-AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "square_queries", "square_limit",
+AUTOATTACK = ("pgd_eps", "autoattack_iters", "autoattack_targets", "autoattack_restarts", "square_queries", "square_limit",
               "stability_limit", "seed")
 DETECT_MODULES = ("detection", "detect_reversal", "detect_activations", "detect_clusters", "detect_knn",
                   "detect_residuals", "residual_pixels", "detect_art", "detector_api", "model", "attacks", "config")

@@ -104,6 +104,7 @@ def main() -> int:
     robust["wall_s"] = round(time.time() - evaluated, 1)
     result = {"training": record, "clean_accuracy": clean, "fgsm_whitebox_accuracy": fgsm, "pgd_whitebox": pgd,
               "autoattack": {"iterations": cfg.autoattack_iters, "target_classes": cfg.autoattack_targets,
+                             "apgd_ce_restarts": cfg.autoattack_restarts,
                              "square_queries": cfg.square_queries, "square_limit": cfg.square_limit, **robust},
               "wall_s": round(time.time() - started, 1), "config": cfg.to_json(),
               "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}}

@@ -25,7 +25,9 @@ import numpy as np
 LOG = logging.getLogger("secure_ai_mnist")
 ATTACKS = ("clean", "apgd_ce", "apgd_t", "fab_t", "square")
 SETTINGS = ("seed", "pgd_eps", "pgd_step_size", "pgd_steps", "pgd_restarts", "autoattack_iters", "autoattack_targets",
-            "square_queries", "stability_limit", "attack_batch_size")
+            "autoattack_restarts", "square_queries", "stability_limit", "attack_batch_size")
+# Settings added after shards were committed, with the value every older shard was measured at.
+SETTINGS_BEFORE = {"autoattack_restarts": 1}
 
 
 def weights_sha256(model: Any) -> str:
@@ -68,7 +70,7 @@ def load_shard(path: Path, digest: str, settings: dict[str, Any]) -> dict[str, A
     if not path.exists():
         return None
     old = json.loads(path.read_text())
-    if old.get("weights_sha256") == digest and old.get("settings") == settings:
+    if old.get("weights_sha256") == digest and {**SETTINGS_BEFORE, **old.get("settings", {})} == settings:
         return old
     LOG.warning("%s was measured on other weights or settings; it is run again", path.name)
     return None

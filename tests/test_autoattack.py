@@ -152,6 +152,32 @@ def test_square_limit_zero_means_every_image_and_no_upper_bound_is_split_off(tin
     assert off["n"] == 60 and "square" not in off["per_attack"]  # no Square: nothing to split by
 
 
+def test_apgd_ce_restarts_attack_only_the_survivors_and_keep_the_first_start(tiny_model, probe):
+    """--autoattack-restarts: the first start is a single-start run's (same draws), each further
+    start can only clear more points, and every restart is logged in the mask after APGD-CE."""
+    x, y = probe
+    one = autoattack.whitebox_ensemble(tiny_model, x, y, EPS, 5, 1, np.random.default_rng(3), 64)
+    three = autoattack.whitebox_ensemble(tiny_model, x, y, EPS, 5, 1, np.random.default_rng(3), 64, restarts=3)
+    assert np.array_equal(one["clean"], three["clean"])
+    assert not np.any(three["apgd_ce"] & ~one["apgd_ce"]), "a restart revived a point the first start fooled"
+    assert three["apgd_ce"].sum() < one["apgd_ce"].sum(), "5-iteration APGD-CE from new starts should fool more"
+
+
+def test_shards_measured_before_a_setting_existed_stay_valid(tmp_path):
+    """A committed shard whose settings predate --autoattack-restarts was measured with 1 start:
+    it is reused at 1 and redone at 5."""
+    import json
+
+    from bench_robust_shards import SETTINGS_BEFORE, load_shard
+
+    settings = {"seed": 42, "autoattack_targets": 5, **SETTINGS_BEFORE}
+    path = tmp_path / "shard_000.json"
+    path.write_text(json.dumps({"weights_sha256": "ab", "settings": {"seed": 42, "autoattack_targets": 5}}))
+    assert load_shard(path, "ab", settings) is not None
+    assert load_shard(path, "ab", {**settings, "autoattack_restarts": 5}) is None
+    assert load_shard(path, "cd", settings) is None
+
+
 def test_sharded_evaluation_is_resumable_and_merges_exactly(tiny_model, probe, tmp_path):
     """bench_robust's shards: a shard redone in a later run gives the same result, a shard from
     other weights is redone, and the merged figures are the shards' counts over every image."""

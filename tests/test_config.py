@@ -26,7 +26,7 @@ def test_quick_defaults_and_explicit_flags_win():
     "kwargs",
     [{"epochs": 0}, {"fgsm_eps": 0.0}, {"fgsm_eps": 1.5}, {"target_class": 10}, {"trigger_size": 0},
      {"trigger_size": 20, "trigger_margin": 10}, {"poison_count": -1}, {"train_limit": 50, "poison_count": 100},
-     {"autoattack_iters": 0}, {"autoattack_targets": 0}, {"autoattack_targets": 10}, {"square_queries": -1}],
+     {"autoattack_iters": 0}, {"autoattack_restarts": 0}, {"autoattack_targets": 0}, {"autoattack_targets": 10}, {"square_queries": -1}],
 )
 def test_invalid_values_rejected_before_work(kwargs):
     with pytest.raises(common.ConfigError):
