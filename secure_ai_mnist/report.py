@@ -287,8 +287,10 @@ def autoattack_lines(autoattack: dict[str, Any] | None) -> list[str]:
         return []
     square = (f"Square with {autoattack['square_queries']} queries" if autoattack["square_queries"]
               else "Square not run (--square-queries 0)")
+    restarts = autoattack.get("apgd_ce_restarts", 1)  # summaries written before the flag had one start
+    starts = f", APGD-CE from {restarts} random starts" if restarts > 1 else ""
     lines = [f"- AutoAttack ({autoattack['attacks']}): eps {autoattack['eps']}, {autoattack['iterations']} APGD and "
-             f"FAB iterations, {autoattack['target_classes']} target classes, {square}; each attack on the points "
+             f"FAB iterations{starts}, {autoattack['target_classes']} target classes, {square}; each attack on the points "
              "still robust, worst case per point. Every figure in a line is on the same images."]
     for name, r in autoattack["per_model"].items():
         lines.append(f"  - {name}: {_pct(r['robust_accuracy'])} on {r['n']} images ({_ci(r['ci95'])}; "

@@ -125,3 +125,11 @@ def test_most_confused_and_strength_rules():
     matrix = [[5, 2, 0], [0, 7, 9], [1, 0, 3]]
     assert report.most_confused(matrix) == [(1, 2, 9), (0, 1, 2), (2, 0, 1)]
     assert [report.backdoor_strength(v) for v in (0.95, 0.6, 0.2, 0.01)] == ["strong", "partial", "weak", "absent"]
+
+
+def test_report_names_apgd_ce_restarts_only_when_there_are_several():
+    entry = {"attacks": "APGD-CE, ...", "eps": 0.3, "iterations": 100, "target_classes": 5, "square_queries": 5000,
+             "per_model": {}}
+    assert "random starts" not in report.autoattack_lines(entry)[0]  # older summaries: no key, one start
+    assert "random starts" not in report.autoattack_lines({**entry, "apgd_ce_restarts": 1})[0]
+    assert "APGD-CE from 5 random starts" in report.autoattack_lines({**entry, "apgd_ce_restarts": 5})[0]
