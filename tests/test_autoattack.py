@@ -154,7 +154,7 @@ def test_square_limit_zero_means_every_image_and_no_upper_bound_is_split_off(tin
 
 def test_apgd_ce_restarts_attack_only_the_survivors_and_keep_the_first_start(tiny_model, probe):
     """--autoattack-restarts: the first start is a single-start run's (same draws), each further
-    start can only clear more points, and every restart is logged in the mask after APGD-CE."""
+    start can only clear more points, and the mask after APGD-CE holds every start."""
     x, y = probe
     one = autoattack.whitebox_ensemble(tiny_model, x, y, EPS, 5, 1, np.random.default_rng(3), 64)
     three = autoattack.whitebox_ensemble(tiny_model, x, y, EPS, 5, 1, np.random.default_rng(3), 64, restarts=3)
