@@ -110,7 +110,9 @@ def detect_label_consistency(model: keras.Model, x: np.ndarray, y: np.ndarray, c
     rates = np.array([disagrees[y == c].mean() if np.any(y == c) else 0.0 for c in range(NUM_CLASSES)])
     index = high_outliers(rates)
     suspicious = [c for c in range(NUM_CLASSES) if index[c] > ANOMALY_THRESHOLD]
-    flags, rounds = recheck_without_flagged(features, y, disagrees & np.isin(y, suspicious), suspicious)
+    flags, rounds = disagrees & np.isin(y, suspicious), 0
+    if flags.any():  # with nothing set aside, a recheck would repeat the search above exactly
+        flags, rounds = recheck_without_flagged(features, y, flags, suspicious)
     report = {"method": f"pixel PCA-{PCA_DIMS}, {NEIGHBOURS}-NN label disagreement; classes whose disagreement rate "
                         f"has anomaly index > {ANOMALY_THRESHOLD}: their disagreeing images, rechecked with the "
                         "flagged images set aside until nothing changes",

@@ -279,6 +279,25 @@ def test_label_consistency_flags_a_class_filled_with_mislabelled_images_only():
     assert found.report["suspicious_classes"] == [2] and m["precision"] >= 0.95 and m["recall"] >= 0.95, m
 
 
+def test_label_consistency_searches_neighbours_again_only_when_it_flagged_something(monkeypatch):
+    """With no class suspicious a recheck would repeat the first search (the unpoisoned control,
+    the default run's patch trigger): one search, nothing flagged. A class filled with
+    mislabelled images is still rechecked."""
+    from secure_ai_mnist import detect_knn
+
+    searches = []
+    real_nearest = detect_knn.nearest
+    monkeypatch.setattr(detect_knn, "nearest", lambda features: searches.append(len(features)) or real_nearest(features))
+    x, y = synthetic_digits(np.random.default_rng(3), 1500)
+    silent = detect_knn.detect_label_consistency(None, x, y, config.Config())
+    assert searches == [1500] and silent.flags.sum() == 0 and silent.report["recheck_rounds"] == 0
+    y_p = y.copy()
+    y_p[np.random.default_rng(4).choice(np.flatnonzero(y != 2), 150, replace=False)] = 2
+    searches.clear()
+    found = detect_knn.detect_label_consistency(None, x, y_p, config.Config())
+    assert found.report["suspicious_classes"] == [2] and searches[0] == 1500 and searches[1] < 1500  # without the flagged
+
+
 def test_label_consistency_recheck_finds_poisons_hidden_behind_other_poisons():
     """80 points labelled 1 packed inside class 0's blob: many agree with each other at first;
     set aside the flagged ones and more of them disagree. No clean point is ever flagged."""
